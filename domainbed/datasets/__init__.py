@@ -1,0 +1,57 @@
+"""Datasets: a registry of :class:`MultipleDomainDataset` classes, plus any image folder by path.
+
+Importing this package registers every dataset module listed below.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+from domainbed.datasets.base import (
+    DatasetError,
+    MultipleDomainDataset,
+    dataset_names,
+    get_dataset_class as _registered_class,
+    register_dataset,
+)
+from domainbed.datasets import debug, images, mnist  # noqa: F401  (registration side effect)
+from domainbed.datasets.images import ImageFolderDomains
+
+
+def is_folder_dataset(name: str) -> bool:
+    """True when ``name`` is not a registered dataset but an existing directory."""
+    return name not in dataset_names() and os.path.isdir(name)
+
+
+def get_dataset_class(name: str) -> type[MultipleDomainDataset]:
+    if is_folder_dataset(name):
+        return ImageFolderDomains
+    return _registered_class(name)
+
+
+def num_environments(name: str) -> int:
+    if is_folder_dataset(name):
+        return len([d for d in os.listdir(name) if os.path.isdir(os.path.join(name, d)) and not d.startswith(".")])
+    return len(_registered_class(name).ENVIRONMENTS)
+
+
+def build_dataset(
+    name: str, data_dir: str | None, test_envs: Sequence[int], hparams: Mapping[str, Any]
+) -> MultipleDomainDataset:
+    """Instantiate a registered dataset, or the generic image-folder dataset for a path."""
+    if is_folder_dataset(name):
+        return ImageFolderDomains(name, test_envs, dict(hparams))
+    return _registered_class(name)(data_dir, test_envs, dict(hparams))
+
+
+__all__ = [
+    "DatasetError",
+    "MultipleDomainDataset",
+    "build_dataset",
+    "dataset_names",
+    "get_dataset_class",
+    "is_folder_dataset",
+    "num_environments",
+    "register_dataset",
+]

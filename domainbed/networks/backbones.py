@@ -1,0 +1,132 @@
+"""Backbones by name, the featurizer and the classifier head.
+
+One factory serves every backbone: DomainBed's small MNIST CNN, and timm models
+(ResNet-18/50 take torchvision's ImageNet weights, which timm's ResNets accept key for key;
+EfficientNet-Lite0, ViT-B/16, or any other timm name). Intermediate features come from
+timm's ``forward_intermediates`` in the same forward pass as the pooled features.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, NamedTuple
+
+import torch
+from torch import nn
+
+from domainbed.networks.mnist_cnn import MNISTConvNet
+from domainbed.networks.weights import WeightsError, load_pretrained
+
+log = logging.getLogger(__name__)
+
+# Friendly names to timm model names.
+TIMM_ALIASES = {"vit_b_16": "vit_base_patch16_224", "vit_b16": "vit_base_patch16_224"}
+
+
+class Features(NamedTuple):
+    """What a featurizer returns to an algorithm.
+
+    ``final``: pooled features (the classifier's input). ``intermediates``: feature maps at
+    the end of the stem and of each stage, empty unless requested. ``mean``: the posterior
+    mean when an FT-LP encoder sits on top (None otherwise).
+    """
+
+    final: torch.Tensor
+    intermediates: tuple[torch.Tensor, ...] = ()
+    mean: torch.Tensor | None = None
+
+
+def _is_resnet(name: str) -> bool:
+    return name.startswith("resnet")
+
+
+def create_trunk(name: str, input_shape: tuple[int, ...], pretrained: bool, weights_path: str | None) -> nn.Module:
+    """Build the trunk of backbone ``name``, loading weights offline when ``pretrained``."""
+    if name == "mnist_cnn":
+        if pretrained:
+            raise WeightsError("backbone mnist_cnn has no pretrained weights; set hparam pretrained to false")
+        return MNISTConvNet(input_shape[0])
+    import timm
+
+    timm_name = TIMM_ALIASES.get(name, name)
+    if not timm.is_model(timm_name):
+        raise ValueError(
+            f"unknown backbone {name!r}. Use mnist_cnn, resnet18, resnet50, efficientnet_lite0, "
+            f"vit_b_16, or any name from timm.list_models()."
+        )
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
+    if input_shape[0] != 3:
+        kwargs["in_chans"] = input_shape[0]
+        if pretrained:
+            raise WeightsError(f"ImageNet weights of {name} expect 3 input channels; this dataset has {input_shape[0]}")
+    if timm_name.startswith("vit"):
+        kwargs["img_size"] = input_shape[-1]
+    trunk = timm.create_model(timm_name, **kwargs)
+    if pretrained:
+        path = load_pretrained(trunk, name if name in ("resnet18", "resnet50") else timm_name, weights_path)
+        log.info("loaded pretrained weights for %s from %s", name, path)
+    return trunk
+
+
+class Featurizer(nn.Module):
+    """Trunk + optional dropout on the pooled features; BatchNorm can be frozen.
+
+    ``forward(x)`` returns the pooled features; ``forward_features(x, intermediates=True)``
+    also returns the stem/stage feature maps of the same pass.
+    """
+
+    def __init__(self, trunk: nn.Module, dropout: float = 0.0, freeze_bn: bool = False):
+        super().__init__()
+        self.trunk = trunk
+        self.n_outputs = int(trunk.num_features)
+        self.dropout = nn.Dropout(dropout)
+        self.freeze_bn = freeze_bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.trunk(x))
+
+    def forward_features(self, x: torch.Tensor, intermediates: bool = False) -> Features:
+        if not intermediates:
+            return Features(self(x))
+        last, inter = self.trunk.forward_intermediates(x)
+        pooled = self.trunk.forward_head(last, pre_logits=True)
+        return Features(self.dropout(pooled), tuple(inter))
+
+    def train(self, mode: bool = True) -> "Featurizer":
+        super().train(mode)
+        if mode and self.freeze_bn:
+            # DomainBed keeps ImageNet BatchNorm statistics: small per-domain batches
+            # would otherwise overwrite them with noisy estimates.
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+
+def resolve_backbone_name(hparams: Mapping[str, Any]) -> str:
+    name = str(hparams.get("backbone", "resnet50"))
+    if name == "resnet50" and hparams.get("resnet18", False):
+        name = "resnet18"
+    return name
+
+
+def build_featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any]) -> Featurizer:
+    """The featurizer that ``hparams`` describe (backbone, pretrained, dropout, freeze_bn)."""
+    name = resolve_backbone_name(hparams)
+    trunk = create_trunk(name, input_shape, bool(hparams.get("pretrained", False)), hparams.get("weights_path") or None)
+    freeze = hparams.get("freeze_bn", "auto")
+    freeze_bn = _is_resnet(name) if freeze == "auto" else bool(freeze)
+    return Featurizer(trunk, float(hparams.get("resnet_dropout", 0.0)), freeze_bn)
+
+
+def build_classifier(in_features: int, num_classes: int, nonlinear: bool = False) -> nn.Module:
+    """A linear head, or DomainBed's MLP head when ``nonlinear``."""
+    if not nonlinear:
+        return nn.Linear(in_features, num_classes)
+    return nn.Sequential(
+        nn.Linear(in_features, in_features // 2),
+        nn.ReLU(),
+        nn.Linear(in_features // 2, in_features // 4),
+        nn.ReLU(),
+        nn.Linear(in_features // 4, num_classes),
+    )

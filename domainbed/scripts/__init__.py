@@ -1,0 +1,1 @@
+"""Command-line entry points: train, sweep, collect_results, list_top_hparams, download."""

