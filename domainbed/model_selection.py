@@ -110,6 +110,18 @@ def _acc(df: pd.DataFrame, split: str, env: np.ndarray) -> np.ndarray:
     return out
 
 
+def test_env_accuracy(df: pd.DataFrame, split: str = "in") -> np.ndarray:
+    """Each single-test-env record's test-env accuracy on ``split`` (NaN for other records)."""
+    single = (df["n_test_envs"] == 1).to_numpy()
+    env = np.where(single, df["test_env"].fillna(-1).to_numpy(dtype="int64"), -1)
+    return _acc(df, split, env)
+
+
+def training_domain_accuracy(df: pd.DataFrame) -> np.ndarray:
+    """Mean ``out`` accuracy over the envs of each record that are not test envs."""
+    return _training_domain_out_mean(df)
+
+
 def _training_domain_out_mean(df: pd.DataFrame) -> np.ndarray:
     """Mean ``out`` accuracy over the envs of each record that are not test envs."""
     total = np.zeros(len(df))

@@ -1,0 +1,248 @@
+"""Helpers for notebooks: load a sweep, per-domain tables, FT-LP bars, training curves.
+
+    from domainbed.lib import plotting
+    records = plotting.load_sweep("demo_sweep")
+    plotting.per_domain_table(records, "training_domain")
+    fig = plotting.plot_ftlp_bars(records, "training_domain")
+    fig = plotting.plot_curves(records, keys=("loss", "loss_ce"))
+    fig = plotting.plot_kl_curve(records)
+
+Every function takes the records frame of :func:`load_sweep` (or a ``RecordLoad``, or a
+sweep path). Numbers come from the same selection and aggregation code as
+``collect_results``, so a notebook never disagrees with the printed tables. Plot
+functions return the matplotlib ``Figure``; assign it (``fig = ...``) in a notebook so
+it is shown once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+# Headless (CI, SSH): draw to memory. Notebooks set MPLBACKEND to their inline backend.
+if not os.environ.get("MPLBACKEND") and not os.environ.get("DISPLAY") and "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from domainbed.lib.records import RecordLoad, load_records  # noqa: E402
+from domainbed.lib.tables import (  # noqa: E402
+    SweepLayout,
+    dataset_tables,
+    env_names,
+    ftlp_comparisons,
+    per_domain_stats,
+    table_cells,
+)
+from domainbed.model_selection import (  # noqa: E402
+    get_selection_method,
+    prepare_records,
+    test_env_accuracy,
+    training_domain_accuracy,
+)
+
+Records = pd.DataFrame | RecordLoad | str | os.PathLike
+
+
+def load_sweep(path: str | os.PathLike[str], include_incomplete: bool = False, verbose: bool = True) -> pd.DataFrame:
+    """All records of a sweep (see :mod:`domainbed.lib.records`); prints what was skipped."""
+    load = load_records(path, include_incomplete=include_incomplete)
+    if verbose:
+        print(load.summarise())
+    load.df.attrs["summary"] = load.summarise()
+    return load.df
+
+
+def _frame(records: Records) -> pd.DataFrame:
+    if isinstance(records, RecordLoad):
+        return records.df
+    if isinstance(records, (str, Path, os.PathLike)):
+        return load_records(records).df
+    return records
+
+
+def _datasets(df: pd.DataFrame, dataset: str | None) -> list[str]:
+    names = sorted(df["dataset"].unique())
+    if dataset is None:
+        return names
+    if dataset not in names:
+        raise ValueError(f"dataset {dataset!r} is not in these records; found: {', '.join(names) or 'none'}")
+    return [dataset]
+
+
+def per_domain_table(
+    records: Records, selection: str = "training_domain", dataset: str | None = None, formatted: bool = True
+) -> pd.DataFrame:
+    """Test-domain accuracy per algorithm and domain under a selection rule.
+
+    ``formatted=True``: index (dataset, algorithm), one column per domain plus Avg and n,
+    cells ``mean ± SE`` in percent as in ``collect_results`` (X = missing; blank where a
+    domain belongs to another dataset). ``formatted=False``: one row per (dataset,
+    algorithm, test_env) with ``domain``, ``mean`` and ``se`` in percent and ``n``.
+    """
+    method = get_selection_method(selection)
+    prepared = prepare_records(_frame(records))
+    df = prepared.df
+    keep = _datasets(df, dataset)
+    df = df[df["dataset"].isin(keep)]
+    prepared = prepare_records(df)
+    selected = method.select(prepared)
+    if not formatted:
+        stats = per_domain_stats(selected)
+        if stats.empty:
+            return stats
+        n_envs = df.groupby("dataset")["n_envs"].max().to_dict()
+        stats["domain"] = [env_names(d, int(n_envs[d]))[int(e)] for d, e in zip(stats["dataset"], stats["test_env"])]
+        stats["mean"] = stats["mean"].astype(float) * 100
+        stats["se"] = stats["se"].astype(float) * 100
+        return stats[["dataset", "algorithm", "test_env", "domain", "mean", "se", "n"]]
+    frames = []
+    for table in dataset_tables(selected, method.name, method.title, SweepLayout.from_records(df)):
+        header, body = table_cells(table, "markdown")
+        frame = pd.DataFrame(body, columns=header).set_index("Algorithm")
+        frame.index = pd.MultiIndex.from_product([[table.key.split("/", 1)[1]], frame.index], names=["dataset", "algorithm"])
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames).fillna("")
+
+
+def _percent_stats(records: Records, selection: str, dataset: str) -> tuple[pd.DataFrame, list[str]]:
+    df = prepare_records(_frame(records)).df
+    df = df[df["dataset"] == dataset]
+    stats = per_domain_stats(get_selection_method(selection).select(prepare_records(df)))
+    n = int(df["n_envs"].max())
+    return stats, list(env_names(dataset, n))
+
+
+def _axes_per_dataset(datasets: list[str], ax: plt.Axes | None, ncols: int = 1, width: float = 6.0):
+    """A figure with one row of ``ncols`` axes per dataset, or the caller's single axes."""
+    if ax is not None:
+        if len(datasets) > 1 or ncols > 1:
+            raise ValueError("pass dataset=... (and one key) when drawing into a given ax; these records hold several")
+        return ax.figure, np.array([[ax]])
+    fig, axes = plt.subplots(len(datasets), ncols, figsize=(width * ncols, 3.6 * len(datasets)), squeeze=False)
+    return fig, axes
+
+
+def plot_ftlp_bars(
+    records: Records, selection: str = "training_domain", dataset: str | None = None, ax: plt.Axes | None = None
+) -> plt.Figure:
+    """Bars of each base algorithm next to its FT-LP variant per domain, with SE error bars."""
+    df = _frame(records)
+    datasets = _datasets(df, dataset)
+    fig, axes = _axes_per_dataset(datasets, ax, width=9.0)
+    title = get_selection_method(selection).title
+    for name, axis in zip(datasets, axes[:, 0]):
+        stats, domains = _percent_stats(df, selection, name)
+        algos = [a for pair in ftlp_comparisons(stats["algorithm"].unique()) if pair[1] != "MIRO" for a in (pair[1], pair[0])]
+        if not algos:
+            axis.text(0.5, 0.5, f"{name}: no algorithm B with B_FTLP in this sweep", ha="center", va="center")
+            axis.set_axis_off()
+            continue
+        x = np.arange(len(domains))
+        width = 0.8 / len(algos)
+        cmap = plt.get_cmap("tab20")
+        for k, algo in enumerate(algos):
+            part = stats[stats["algorithm"] == algo].set_index("test_env")
+            means = np.array([100 * part["mean"].get(e, np.nan) for e in range(len(domains))], dtype=float)
+            ses = np.array([100 * part["se"].get(e, np.nan) for e in range(len(domains))], dtype=float)
+            # tab20 pairs a dark and a light shade: base light, FT-LP dark, same hue.
+            color = cmap((k // 2) * 2 + (0 if algo.endswith("_FTLP") else 1))
+            axis.bar(x + (k - (len(algos) - 1) / 2) * width, means, width, yerr=ses, capsize=3, label=algo, color=color)
+        lo = np.nanmin(100 * stats[stats["algorithm"].isin(algos)]["mean"].astype(float))
+        axis.set_ylim(max(0.0, lo - 10), None)
+        axis.set_xticks(x, domains)
+        axis.set_xlabel("test domain")
+        axis.set_ylabel("test accuracy (%)")
+        axis.set_title(f"{name}: base vs FT-LP ({title}; mean ± SE)")
+        axis.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _ordinary(df: pd.DataFrame, dataset: str, algorithms: Sequence[str] | None, test_env: int | None) -> pd.DataFrame:
+    """Ordinary checkpoints (no averaged-model records) of single-test-env runs."""
+    part = df[(df["dataset"] == dataset) & ~df["averaged"] & (df["n_test_envs"] == 1)]
+    if algorithms is not None:
+        part = part[part["algorithm"].isin(algorithms)]
+    if test_env is not None:
+        part = part[part["test_env"] == test_env]
+    return part
+
+
+def plot_curves(
+    records: Records,
+    keys: Sequence[str] = ("loss",),
+    dataset: str | None = None,
+    algorithms: Sequence[str] | None = None,
+    test_env: int | None = None,
+) -> plt.Figure:
+    """Accuracy and loss curves over steps, mean over runs, one row of panels per dataset.
+
+    Left panel: test-env ``in`` accuracy (solid) and training-domain validation accuracy
+    (dashed). Then one panel per key in ``keys`` (any logged column, e.g. ``loss``).
+    Only single-test-env runs and ordinary checkpoints are drawn.
+    """
+    df = _frame(records)
+    datasets = _datasets(df, dataset)
+    fig, axes = _axes_per_dataset(datasets, None, ncols=1 + len(keys), width=5.0)
+    for row, name in zip(axes, datasets):
+        part = _ordinary(df, name, algorithms, test_env)
+        part = part.assign(test_acc=100 * test_env_accuracy(part), train_val_acc=100 * training_domain_accuracy(part))
+        colors = dict(zip(sorted(part["algorithm"].unique()), plt.get_cmap("tab10").colors * 10))
+        for algo, runs in part.groupby("algorithm"):
+            curve = runs.groupby("step")[["test_acc", "train_val_acc"]].mean()
+            row[0].plot(curve.index, curve["test_acc"], "-", color=colors[algo], label=f"{algo} test")
+            row[0].plot(curve.index, curve["train_val_acc"], "--", color=colors[algo], label=f"{algo} train-dom. val")
+            for axis, key in zip(row[1:], keys):
+                if key in runs.columns and runs[key].notna().any():
+                    loss = runs.groupby("step")[key].mean()
+                    axis.plot(loss.index, loss.to_numpy(dtype=float), color=colors[algo], label=algo)
+        row[0].set_title(f"{name}: accuracy (mean over runs)")
+        row[0].set_xlabel("step")
+        row[0].set_ylabel("accuracy (%)")
+        row[0].legend(fontsize="x-small")
+        for axis, key in zip(row[1:], keys):
+            axis.set_title(f"{name}: {key}")
+            axis.set_xlabel("step")
+            if axis.lines:
+                axis.legend(fontsize="x-small")
+            else:
+                axis.text(0.5, 0.5, f"no '{key}' logged", ha="center", va="center", transform=axis.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def plot_kl_curve(
+    records: Records, dataset: str | None = None, ax: plt.Axes | None = None, key: str = "ftlp_kl"
+) -> plt.Figure:
+    """The FT-LP KL term (``ftlp_kl``) over steps, mean over runs, per dataset and algorithm."""
+    df = _frame(records)
+    datasets = _datasets(df, dataset)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = ax.figure
+    if key in df.columns:
+        for name in datasets:
+            part = _ordinary(df, name, None, None)
+            for algo, runs in part.groupby("algorithm"):
+                if runs[key].notna().any():
+                    curve = runs.groupby("step")[key].mean()
+                    label = algo if len(datasets) == 1 else f"{name}/{algo}"
+                    ax.plot(curve.index, curve.to_numpy(dtype=float), label=label)
+    ax.set_title(f"{key} (mean over runs)")
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    if ax.lines:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, f"no '{key}' logged in these records", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,158 @@
+"""``train.main`` end to end, in-process: records, files, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from domainbed.lib.checkpoint import read_jsonl
+from domainbed.scripts import train
+
+RECORD_KEYS = {"step", "epoch", "loss", "step_time", "mem_gb", "hparams", "args"}
+VOLATILE = {"step_time", "mem_gb", "args"}
+
+
+def run(tmp_path: Path, name: str, *extra: str) -> Path:
+    out = tmp_path / name
+    train.main(["--dataset", "Debug28", "--output_dir", str(out), "--steps", "7", "--checkpoint_freq", "2",
+                "--hparams", '{"batch_size": 8}', *extra])
+    return out
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+
+
+def test_debug28_end_to_end_files_and_keys(tmp_path):
+    out = run(tmp_path, "erm")
+    for name in ("out.txt", "err.txt", "results.jsonl", "model.pt", "done", "args.json"):
+        assert (out / name).exists(), name
+    assert not (out / "checkpoint.pt").exists()
+    records = read_jsonl(out / "results.jsonl")
+    assert [r["step"] for r in records] == [0, 2, 4, 6]
+    for r in records:
+        assert RECORD_KEYS <= set(r)
+        for i in range(3):
+            assert 0.0 <= r[f"env{i}_in_acc"] <= 1.0 and 0.0 <= r[f"env{i}_out_acc"] <= 1.0
+        assert r["args"]["dataset"] == "Debug28" and r["hparams"]["batch_size"] == 8
+    line = (out / "results.jsonl").read_text().splitlines()[0]
+    assert list(json.loads(line)) == sorted(json.loads(line)), "keys are sorted as in DomainBed"
+    assert "Final accuracy per domain" in (out / "out.txt").read_text()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # A second run of a done job does nothing.
+    train.main(["--dataset", "Debug28", "--output_dir", str(out), "--steps", "7", "--checkpoint_freq", "2",
+                "--hparams", '{"batch_size": 8}'])
+    assert len(read_jsonl(out / "results.jsonl")) == 4
+
+
+def test_tensorboard_has_every_loss_and_accuracy(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = run(tmp_path, "coral", "--algorithm", "CORAL")
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for key in ("loss/loss", "loss/loss_ce", "loss/penalty_coral", "acc/env0_in_acc", "acc/env2_out_acc"):
+        assert key in tags, tags
+
+
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
+    ref = read_jsonl(run(tmp_path, "ref") / "results.jsonl")
+
+    # Crash right after the record of step 4 is written but before its checkpoint is saved:
+    # the worst moment, since the record must not be duplicated on resume.
+    real_save = train.Trainer._save_checkpoint
+
+    def crash(self, step):
+        if step == 4:
+            raise KeyboardInterrupt("simulated kill")
+        real_save(self, step)
+
+    monkeypatch.setattr(train.Trainer, "_save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "crash")
+    out = tmp_path / "crash"
+    assert not (out / "done").exists()
+    assert [r["step"] for r in read_jsonl(out / "results.jsonl")] == [0, 2, 4]
+    monkeypatch.setattr(train.Trainer, "_save_checkpoint", real_save)
+    run(tmp_path, "crash")
+    resumed = read_jsonl(out / "results.jsonl")
+    assert [r["step"] for r in resumed] == [0, 2, 4, 6]
+    assert comparable(resumed) == comparable(ref)
+    assert "Resuming from step 3" in (out / "out.txt").read_text()
+
+
+def test_sigkill_mid_run_then_resume(tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", "Debug28", "--output_dir", str(out),
+           "--steps", "400", "--checkpoint_freq", "20", "--hparams", '{"batch_size": 4}']
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_jsonl(out / "results.jsonl")) < 3:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "done").exists()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    steps = [r["step"] for r in read_jsonl(out / "results.jsonl")]
+    assert steps == list(range(0, 400, 20)) + [399]
+    assert (out / "done").exists()
+
+
+def test_sigterm_saves_checkpoint_and_exits_143(tmp_path):
+    out = tmp_path / "term"
+    cmd = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", "Debug28", "--output_dir", str(out),
+           "--steps", "400", "--checkpoint_freq", "50", "--hparams", '{"batch_size": 4}']
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_jsonl(out / "results.jsonl")) < 1:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == train.EXIT_PREEMPTED
+    assert (out / "checkpoint.pt").exists() and not (out / "done").exists()
+    assert "SIGTERM received" in (out / "err.txt").read_text()
+
+
+def test_mnist_subset_end_to_end(tmp_path):
+    out = tmp_path / "mnist"
+    train.main(["--dataset", "RotatedMNISTSubset", "--output_dir", str(out), "--steps", "3", "--checkpoint_freq", "2",
+                "--test_envs", "5", "--hparams", '{"batch_size": 4, "image_size": 32}'])
+    records = read_jsonl(out / "results.jsonl")
+    assert [r["step"] for r in records] == [0, 2]
+    assert {f"env{i}_in_acc" for i in range(6)} <= set(records[-1])
+    assert records[-1]["hparams"]["backbone"] == "efficientnet_lite0"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--algorithm", "NotAnAlgorithm"], "Valid algorithms"),
+        (["--dataset", "NotADataset"], "Valid datasets"),
+        (["--test_envs", "7"], "out of range"),
+        (["--hparams", "{bad json"], "not valid JSON"),
+        (["--hparams", '{"lr_typo": 1}'], "Valid keys"),
+        (["--skip_model_save", "--save_model_every_checkpoint"], "contradict"),
+        (["--precision", "bf16", "--hparams", '{"precision": "fp32"}'], "conflicts"),
+    ],
+)
+def test_user_errors_exit_with_message(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--dataset", "Debug28", "--output_dir", str(tmp_path / "x"), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_resume_with_other_arguments_is_refused(tmp_path, capsys):
+    run(tmp_path, "a", "--skip_model_save")
+    (tmp_path / "a" / "done").unlink()
+    with pytest.raises(SystemExit):
+        run(tmp_path, "a", "--seed", "5")
+    assert "different arguments" in capsys.readouterr().err
