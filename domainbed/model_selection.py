@@ -110,7 +110,7 @@ def _acc(df: pd.DataFrame, split: str, env: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_env_accuracy(df: pd.DataFrame, split: str = "in") -> np.ndarray:
+def heldout_env_accuracy(df: pd.DataFrame, split: str = "in") -> np.ndarray:
     """Each single-test-env record's test-env accuracy on ``split`` (NaN for other records)."""
     single = (df["n_test_envs"] == 1).to_numpy()
     env = np.where(single, df["test_env"].fillna(-1).to_numpy(dtype="int64"), -1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -156,3 +157,29 @@ def test_resume_with_other_arguments_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(tmp_path, "a", "--seed", "5")
     assert "different arguments" in capsys.readouterr().err
+
+
+from domainbed.algorithms import algorithm_names  # noqa: E402
+
+
+@pytest.mark.parametrize("name", algorithm_names())
+def test_every_algorithm_trains_end_to_end_on_debug28(tmp_path, name):
+    out = run(tmp_path, name, "--algorithm", name)
+    records = read_jsonl(out / "results.jsonl")
+    assert (out / "done").exists() and records
+    if name.startswith("SWAD"):
+        assert records[-1]["averaged"] is True and [r["step"] for r in records[:-1]] == [0, 2, 4, 6]
+    if "FTLP" in name:  # a true KL (fixed prior variance by default)
+        assert all(r["ftlp_kl"] >= 0 for r in records)
+    if name == "MIRO":  # -log Q up to a constant: finite, may be negative
+        assert all(math.isfinite(r["ftlp_kl"]) for r in records)
+
+
+@pytest.mark.parametrize("name", ["ERM_FTLP", "CORAL_FTLP", "SWAD_FTLP", "MIRO"])
+def test_ftlp_family_on_mnist_subset_with_efficientnet_prior(tmp_path, name):
+    out = tmp_path / name
+    train.main(["--dataset", "RotatedMNISTSubset", "--algorithm", name, "--output_dir", str(out), "--steps", "3",
+                "--checkpoint_freq", "2", "--test_envs", "5", "--hparams", '{"batch_size": 4}'])
+    records = read_jsonl(out / "results.jsonl")
+    assert records[0]["hparams"]["backbone"] == "efficientnet_lite0" and records[0]["hparams"]["pretrained"] is True
+    assert all(math.isfinite(r["ftlp_kl"]) for r in records)

@@ -4,6 +4,6 @@ from domainbed.algorithms.registry import algorithm_names, get_algorithm_class, 
 from domainbed.algorithms.base import Algorithm
 
 # Importing a module registers its algorithms (decorator side effect), in this order.
-from domainbed.algorithms import erm, coral  # noqa: E402,F401
+from domainbed.algorithms import erm, coral, swad, ftlp, miro  # noqa: E402,F401
 
 __all__ = ["Algorithm", "algorithm_names", "get_algorithm_class", "register_algorithm"]

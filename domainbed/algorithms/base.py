@@ -60,6 +60,9 @@ class Algorithm(nn.Module):
         specs: dict[str, HParam] = {}
         for klass in reversed(cls.__mro__):
             specs.update(vars(klass).get("HPARAMS", {}))
+            # A configuration may hide hparams it fixes (MIRO fixes most ftlp_ ones).
+            for name in vars(klass).get("HPARAMS_FIXED", ()):
+                specs.pop(name, None)
         return specs
 
     # ------------------------------------------------------------------ set-up
@@ -141,6 +144,22 @@ class Algorithm(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.featurize(x).final)
 
+    def predictive_state(self) -> dict[str, torch.Tensor]:
+        """State of the stand-alone predictor (:meth:`build_predictor`): ``featurizer.*`` and
+        ``classifier.*``. Wrappers that add a layer in the prediction path fold it in here,
+        so that what SWAD averages and what is saved is a plain featurizer + classifier."""
+        state = {f"featurizer.{k}": v for k, v in self.featurizer.state_dict().items()}
+        state.update({f"classifier.{k}": v for k, v in self.classifier.state_dict().items()})
+        return state
+
+    def build_predictor(self) -> "Predictor":
+        """A fresh featurizer + classifier holding :meth:`predictive_state`."""
+        import copy
+
+        predictor = Predictor({"featurizer": copy.deepcopy(self.featurizer), "classifier": copy.deepcopy(self.classifier)})
+        predictor.load_state_dict(self.predictive_state())
+        return predictor
+
     def eval_network(self) -> nn.Module:
         """The module evaluated and saved (SWAD returns its averaged model)."""
         return self
@@ -159,6 +178,23 @@ class Algorithm(nn.Module):
 
     def on_train_end(self, batches: Iterator[torch.Tensor] | None = None) -> None:
         """Called once after the last step (SWAD finalises its average here)."""
+
+
+class Predictor(nn.Module):
+    """A stand-alone predictive network: modules applied in order, the first a featurizer."""
+
+    def __init__(self, modules: Mapping[str, nn.Module]):
+        super().__init__()
+        for name, module in modules.items():
+            self.add_module(name, module)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self.children():
+            x = module(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict(x)
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

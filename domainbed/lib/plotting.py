@@ -43,7 +43,7 @@ from domainbed.lib.tables import (  # noqa: E402
 from domainbed.model_selection import (  # noqa: E402
     get_selection_method,
     prepare_records,
-    test_env_accuracy,
+    heldout_env_accuracy,
     training_domain_accuracy,
 )
 
@@ -195,7 +195,7 @@ def plot_curves(
     fig, axes = _axes_per_dataset(datasets, None, ncols=1 + len(keys), width=5.0)
     for row, name in zip(axes, datasets):
         part = _ordinary(df, name, algorithms, test_env)
-        part = part.assign(test_acc=100 * test_env_accuracy(part), train_val_acc=100 * training_domain_accuracy(part))
+        part = part.assign(test_acc=100 * heldout_env_accuracy(part), train_val_acc=100 * training_domain_accuracy(part))
         colors = dict(zip(sorted(part["algorithm"].unique()), plt.get_cmap("tab10").colors * 10))
         for algo, runs in part.groupby("algorithm"):
             curve = runs.groupby("step")[["test_acc", "train_val_acc"]].mean()

@@ -206,7 +206,7 @@ class Table:
 
 
 CELL_NOTE = (
-    "Test-domain accuracy (%), mean ± SE over trial seeds (SE = population std / √n); "
+    "Test-domain accuracy (%), mean ± SE over trial seeds (SE = population std / sqrt(n)); "
     "n = trials per cell, (n=k) marks a cell with fewer; X = missing."
 )
 SWAD_NOTE = "SWAD-family rows use the final averaged model."
@@ -288,7 +288,7 @@ def gain_tables(selected: pd.DataFrame, method: str, method_title: str, layout: 
         caption = (
             f"{dataset}: paired FT-LP gain — selection: {method_title}. "
             "'A vs B' = acc(A) − acc(B) in points, mean over trial seeds where both ran ± SE of the "
-            "paired differences (population std / √n); positive favours A. n = paired trials."
+            "paired differences (population std / sqrt(n)); positive favours A. n = paired trials."
         )
         if any(is_swad_family(c) for c in comps):
             caption += " " + SWAD_NOTE
@@ -343,9 +343,9 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
 
 
 def latex_escape(text: str) -> str:
-    """Escape LaTeX specials, then typeset ±, √, − and — properly."""
+    """Escape LaTeX specials, then typeset ±, − and — properly."""
     out = re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], text)
-    return out.replace("±", r"$\pm$").replace("√", r"$\sqrt{}$").replace("−", "$-$").replace("—", "---")
+    return out.replace("±", r"$\pm$").replace("−", "$-$").replace("—", "---")
 
 
 def render(table: Table, fmt: str = "text") -> str:
@@ -354,7 +354,7 @@ def render(table: Table, fmt: str = "text") -> str:
         raise ValueError(f"unknown table format {fmt!r}; choose from {', '.join(FORMATS)}")
     header, body = table_cells(table, fmt)
     if fmt == "text":
-        caption = table.caption.replace("±", "+/-").replace("√", "sqrt ").replace("−", "-").replace("—", "-")
+        caption = table.caption.replace("±", "+/-").replace("−", "-").replace("—", "-")
         return f"{caption}\n\n{format_grid(header, body)}"
     if fmt == "markdown":
         lines = [f"**{table.caption}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -16,9 +16,9 @@ import argparse
 import os
 from typing import Sequence
 
-from domainbed.lib.records import load_records
-from domainbed.lib.tables import FORMATS, SweepLayout, averages_table, dataset_tables, gain_tables, render
-from domainbed.model_selection import SELECTION_METHODS, get_selection_method, prepare_records
+from domainbed.lib.records import RecordLoad, load_records
+from domainbed.lib.tables import FORMATS, SweepLayout, Table, averages_table, dataset_tables, gain_tables, render
+from domainbed.model_selection import SELECTION_METHODS, SelectionMethod, get_selection_method, prepare_records
 
 DEFAULT_SELECTION = ("training_domain", "leave_one_out", "oracle")
 
@@ -38,6 +38,38 @@ def _heading(text: str, fmt: str) -> str:
     return f"===== {text} ====="
 
 
+def method_tables(load: RecordLoad, method: SelectionMethod, reference: bool = False) -> list[Table] | str:
+    """The tables of one selection rule, or a one-line reason why it has none."""
+    prepared = prepare_records(load.df)
+    selected = method.select(prepared)
+    if selected.empty:
+        if method.name == "leave_one_out":
+            return f"No results under {method.title}: the sweep has no runs with two test envs (launch it without --single_test_envs)."
+        return f"No results under {method.title}: no run has the accuracies this rule needs."
+    layout = SweepLayout.from_records(prepared.df)
+    tables = dataset_tables(selected, method.name, method.title, layout)
+    tables.append(averages_table(selected, method.name, method.title, layout, reference and method.name == "training_domain"))
+    tables += gain_tables(selected, method.name, method.title, layout)
+    return tables
+
+
+def build_tables(
+    input_dir: str | os.PathLike[str],
+    selection: Sequence[str] = DEFAULT_SELECTION,
+    reference: bool = False,
+    include_incomplete: bool = False,
+) -> list[Table]:
+    """Every table :func:`collect` prints, as :class:`Table` objects (keys ``rule/dataset``,
+    ``rule/averages``, ``rule/gains/dataset``)."""
+    methods = [get_selection_method(name) for name in selection]
+    load = load_records(input_dir, include_incomplete=include_incomplete)
+    out: list[Table] = []
+    for method in methods:
+        tables = method_tables(load, method, reference)
+        out += tables if isinstance(tables, list) else []
+    return out
+
+
 def collect(
     input_dir: str | os.PathLike[str],
     selection: Sequence[str] = DEFAULT_SELECTION,
@@ -45,37 +77,29 @@ def collect(
     reference: bool = False,
     include_incomplete: bool = False,
 ) -> str:
-    """All tables of the sweep under ``input_dir`` as one string in ``fmt``."""
+    """All tables of the sweep under ``input_dir`` as one string in ``fmt``, skip counts first."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     methods = [get_selection_method(name) for name in selection]
     load = load_records(input_dir, include_incomplete=include_incomplete)
-    prepared = prepare_records(load.df)
-    notes = [load.summarise(), *prepared.notes()]
+    notes = [load.summarise(), *prepare_records(load.df).notes()]
     if fmt == "latex":
         notes.append("Tables need \\usepackage{booktabs}.")
     parts = [_comment("\n".join(notes), fmt)]
     if load.df.empty:
         parts.append(_comment("No finished jobs with results were found; nothing to tabulate.", fmt))
         return "\n\n".join(parts) + "\n"
-    layout = SweepLayout.from_records(prepared.df)
     for method in methods:
         parts.append(_heading(f"Model selection: {method.title}", fmt))
-        selected = method.select(prepared)
-        if selected.empty:
-            why = (
-                "the sweep has no runs with two test envs (launch it without --single_test_envs)"
-                if method.name == "leave_one_out"
-                else "no run has the accuracies this rule needs"
-            )
-            parts.append(_comment(f"No results under {method.title}: {why}.", fmt))
-            continue
-        tables = dataset_tables(selected, method.name, method.title, layout)
-        tables.append(averages_table(selected, method.name, method.title, layout, reference and method.name == "training_domain"))
-        tables += gain_tables(selected, method.name, method.title, layout)
-        parts += [render(t, fmt) for t in tables]
+        tables = method_tables(load, method, reference)
+        if isinstance(tables, str):
+            parts.append(_comment(tables, fmt))
+        else:
+            parts += [render(t, fmt) for t in tables]
     if reference and "training_domain" not in [m.name for m in methods]:
-        parts.append(_comment("Reference rows are published under training-domain validation; add --selection training_domain to see them.", fmt))
+        parts.append(
+            _comment("Reference rows are published under training-domain validation; add --selection training_domain to see them.", fmt)
+        )
     return "\n\n".join(parts) + "\n"
 
 

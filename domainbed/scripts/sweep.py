@@ -145,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--n_hparams", type=int, default=20)
     jobs.add_argument("--output_dir", type=str, help="sweep folder; one sub-folder per job")
     jobs.add_argument("--data_dir", type=str)
-    jobs.add_argument("--seed", type=int, default=0)
+    jobs.add_argument(
+        "--seed", type=int, default=0, help="accepted for DomainBed command lines; job seeds come from seed_hash"
+    )
     jobs.add_argument("--n_trials", type=int, default=3)
     jobs.add_argument("--command_launcher", type=str, default="local", help=f"one of {', '.join(launcher_names())}")
     jobs.add_argument("--steps", type=int, default=None)

@@ -1,0 +1,404 @@
+"""Results loading, model selection, tables, collect_results and list_top_hparams.
+
+Expected values are computed here with plain Python from the synthetic jobs of
+``fixtures_records`` (in memory, not the files), independently of the pandas code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import fixtures_records as fx  # noqa: E402
+
+from domainbed.lib.records import load_records  # noqa: E402
+from domainbed.lib.tables import (  # noqa: E402
+    REFERENCE_DATASETS,
+    SweepLayout,
+    averages_table,
+    format_stat,
+    mean_se,
+    render,
+)
+from domainbed.model_selection import SELECTION_METHODS, prepare_records  # noqa: E402
+from domainbed.scripts import collect_results, list_top_hparams  # noqa: E402
+
+RULES = ("training_domain", "leave_one_out", "oracle")
+
+
+# ----------------------------------------------------------------------------- reference
+
+def _finished(jobs: list[fx.Job]) -> list[fx.Job]:
+    return [j for j in jobs if j.done and j.records]
+
+
+def _reported(job: fx.Job) -> list[dict]:
+    """The records that stand for a run: the averaged one if written, else all."""
+    averaged = [r for r in job.records if r.get("averaged")]
+    return averaged[-1:] if averaged else job.records
+
+
+def _ckpt(rec: dict) -> object:
+    return "averaged" if rec.get("averaged") else rec["step"]
+
+
+def reference_selection(jobs: list[fx.Job], rule: str) -> dict[tuple, tuple[int, float, bool]]:
+    """{(dataset, algorithm, test_env, trial): (hparams_seed, test_acc, averaged)} by brute force."""
+    finished = _finished(jobs)
+    pairs = {}
+    for j in finished:
+        if len(j.test_envs) == 2:
+            pairs[(j.dataset, j.algorithm, frozenset(j.test_envs), j.hparams_seed, j.trial_seed)] = {
+                _ckpt(r): r for r in _reported(j)
+            }
+    best: dict[tuple, tuple[float, int, float, bool]] = {}
+    for j in finished:
+        if len(j.test_envs) != 1:
+            continue
+        t = j.test_envs[0]
+        others = [e for e in range(fx.N_ENVS) if e != t]
+        recs = _reported(j)
+        scored = []  # (val, test, averaged) per candidate checkpoint, in step order
+        if rule == "training_domain":
+            for r in recs:
+                scored.append((sum(r[f"env{e}_out_acc"] for e in others) / len(others), r[f"env{t}_in_acc"], bool(r.get("averaged"))))
+        elif rule == "oracle":
+            r = recs[-1]
+            scored.append((r[f"env{t}_out_acc"], r[f"env{t}_in_acc"], bool(r.get("averaged"))))
+        else:
+            for r in recs:
+                vals = []
+                for v in others:
+                    run = pairs.get((j.dataset, j.algorithm, frozenset({t, v}), j.hparams_seed, j.trial_seed), {})
+                    if _ckpt(r) in run:
+                        vals.append(run[_ckpt(r)][f"env{v}_in_acc"])
+                if len(vals) == len(others):
+                    scored.append((sum(vals) / len(vals), r[f"env{t}_in_acc"], bool(r.get("averaged"))))
+        if not scored:
+            continue
+        top = max(s[0] for s in scored)
+        val, test, avg = next(s for s in scored if s[0] == top)  # earliest checkpoint on ties
+        key = (j.dataset, j.algorithm, t, j.trial_seed)
+        old = best.get(key)
+        if old is None or val > old[0] or (val == old[0] and j.hparams_seed < old[1]):
+            best[key] = (val, j.hparams_seed, test, avg)
+    return {k: (hp, test, avg) for k, (val, hp, test, avg) in best.items()}
+
+
+def expected_cell(sel: dict, dataset: str, algorithm: str, env: int) -> tuple[float, float, int] | None:
+    vals = [v[1] for k, v in sel.items() if k[:3] == (dataset, algorithm, env)]
+    if not vals:
+        return None
+    return statistics.fmean(vals), statistics.pstdev(vals) / math.sqrt(len(vals)), len(vals)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[fx.Job]]:
+    root = tmp_path_factory.mktemp("sweep")
+    return root, fx.write_sweep(root)
+
+
+@pytest.fixture(scope="module")
+def load(sweep):
+    return load_records(sweep[0])
+
+
+@pytest.fixture(scope="module")
+def tables(sweep) -> dict:
+    return {t.key: t for t in collect_results.build_tables(sweep[0], RULES)}
+
+
+# ----------------------------------------------------------------------------- loading
+
+def test_load_counts_and_skips(sweep, load):
+    _, jobs = sweep
+    finished = _finished(jobs)
+    assert load.n_incomplete == 2  # the unfinished job and the one that crashed before writing
+    assert load.n_truncated_lines == 1
+    assert load.n_unreadable == 0
+    assert load.n_jobs == len(finished)
+    assert len(load.df) == sum(len(j.records) for j in finished)
+    assert 5 not in set(load.df["hparams_seed"])  # the unfinished job's records are not read
+    assert set(load.df["dataset"]) == {"ToyA", "ToyB"}  # ToyB lives one directory deeper
+    single = load.df[load.df["n_test_envs"] == 1]
+    assert (single["test_env"] == single["test_envs"].map(lambda t: t[0])).all()
+    assert load.df.loc[load.df["n_test_envs"] == 2, "test_env"].isna().all()
+    text = load.summarise()
+    assert "Skipped 2 incomplete jobs" in text and "Skipped 1 truncated" in text
+
+
+def test_load_include_incomplete(sweep):
+    loaded = load_records(sweep[0], include_incomplete=True)
+    assert 5 in set(loaded.df["hparams_seed"])
+    assert "Included 2 incomplete jobs" in loaded.summarise()
+
+
+def test_load_missing_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_records(tmp_path / "nope")
+
+
+def test_load_unreadable_and_malformed(tmp_path):
+    bad = tmp_path / "job_bad"
+    bad.mkdir()
+    (bad / "done").write_text("")  # finished but no results.jsonl
+    odd = tmp_path / "job_odd"
+    odd.mkdir()
+    (odd / "done").write_text("")
+    (odd / "results.jsonl").write_text('{"step": 0}\n[1, 2]\nnot json\n')
+    loaded = load_records(tmp_path)
+    assert (loaded.n_unreadable, loaded.n_malformed, loaded.n_truncated_lines) == (1, 2, 1)
+    assert loaded.df.empty
+
+
+# ----------------------------------------------------------------------------- selection
+
+@pytest.mark.parametrize("rule", RULES)
+def test_selection_matches_brute_force(sweep, load, rule):
+    expected = reference_selection(sweep[1], rule)
+    got = SELECTION_METHODS[rule].select(load.df)
+    got_map = {
+        (r["dataset"], r["algorithm"], r["test_env"], r["trial_seed"]): (r["hparams_seed"], r["test_acc"], r["averaged"])
+        for r in got.to_dict("records")
+    }
+    assert set(got_map) == set(expected)
+    for key, (hp, test, avg) in expected.items():
+        assert got_map[key][0] == hp, key
+        assert got_map[key][1] == pytest.approx(test, abs=1e-9), key
+        assert got_map[key][2] == avg, key
+
+
+def test_rules_pick_what_the_fixture_was_built_for(sweep):
+    """Hand-derived picks (see fixtures_records): the brute force itself is right."""
+    jobs = sweep[1]
+    td, loo, oracle = (reference_selection(jobs, r) for r in RULES)
+    acc = fx.accuracy
+    key = ("ToyA", "ERM", 0, 0)
+    assert td[key][:2] == (1, acc("ToyA", "ERM", (0,), 1, 0, 2, 0, "in"))
+    assert oracle[key][:2] == (0, acc("ToyA", "ERM", (0,), 0, 0, 2, 0, "in"))
+    assert loo[key][:2] == (0, acc("ToyA", "ERM", (0,), 0, 0, 1, 0, "in"))
+    # SWAD: the averaged record is what counts.
+    assert td[("ToyA", "SWAD", 1, 0)] == (1, acc("ToyA", "SWAD", (1,), 1, 0, 2, 1, "in", averaged=True), True)
+    # The fallback run (no averaged record) loses the oracle to the averaged hparams seed 1.
+    assert oracle[("ToyA", "SWAD_FTLP", 0, 2)] == (1, acc("ToyA", "SWAD_FTLP", (0,), 1, 2, 2, 0, "in", averaged=True), True)
+    assert oracle[("ToyA", "SWAD_FTLP", 0, 1)] == (0, acc("ToyA", "SWAD_FTLP", (0,), 0, 1, 2, 0, "in", averaged=True), True)
+    assert ("ToyB", "ERM", 0, 0) not in loo  # no pair runs for ToyB
+
+
+def test_swad_uses_only_the_averaged_record(load):
+    prepared = prepare_records(load.df)
+    swad = prepared.df[prepared.df["algorithm"].str.startswith("SWAD")]
+    per_run = swad.groupby("output_dir")["averaged"].agg(["all", "size"])
+    fallback = [d for d in per_run.index if d.endswith("ToyA_SWAD_FTLP_te0_hp0_tr2")]
+    assert len(fallback) == 1 and prepared.swad_fallback_dirs == fallback
+    assert per_run.drop(fallback)["all"].all() and (per_run.drop(fallback)["size"] == 1).all()
+    assert per_run.loc[fallback[0], "size"] == len(fx.STEPS)
+    assert any("no averaged-model record" in n for n in prepared.notes())
+
+
+def test_leave_one_out_without_pairs_returns_nothing(load):
+    singles = load.df[load.df["n_test_envs"] == 1]
+    assert SELECTION_METHODS["leave_one_out"].select(singles).empty
+
+
+# ----------------------------------------------------------------------------- tables
+
+@pytest.mark.parametrize("rule", RULES)
+def test_dataset_table_cells(sweep, tables, rule):
+    sel = reference_selection(sweep[1], rule)
+    for dataset in fx.DATASETS:
+        key = f"{rule}/{dataset}"
+        if not any(k[0] == dataset for k in sel):
+            assert key not in tables  # ToyB has no leave-one-out results
+            continue
+        table = tables[key]
+        assert table.columns == ["env0", "env1", "env2"]
+        assert [r.label for r in table.rows] == sorted(fx.ALGORITHMS[dataset])
+        for row in table.rows:
+            means = []
+            for env, cell in enumerate(row.cells):
+                mean, se, n = expected_cell(sel, dataset, row.label, env)
+                assert cell.mean == pytest.approx(mean, abs=1e-12)
+                assert cell.se == pytest.approx(se, abs=1e-12)
+                assert cell.n == n == len(fx.TRIALS[dataset])
+                means.append(mean)
+            assert row.avg == pytest.approx(sum(means) / len(means), abs=1e-12)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_averages_table(sweep, tables, rule):
+    sel = reference_selection(sweep[1], rule)
+    table = tables[f"{rule}/averages"]
+    assert table.columns == ["ToyA", "ToyB"]
+    for row in table.rows:
+        dataset_means = []
+        for dataset, cell in zip(table.columns, row.cells):
+            trial_means = []
+            for trial in fx.TRIALS[dataset]:
+                accs = [sel[(dataset, row.label, e, trial)][1] for e in range(fx.N_ENVS) if (dataset, row.label, e, trial) in sel]
+                if len(accs) == fx.N_ENVS:
+                    trial_means.append(sum(accs) / len(accs))
+            if not trial_means:
+                assert cell is None, (rule, row.label, dataset)
+                dataset_means.append(None)
+                continue
+            assert cell.mean == pytest.approx(statistics.fmean(trial_means), abs=1e-12)
+            assert cell.se == pytest.approx(statistics.pstdev(trial_means) / math.sqrt(len(trial_means)), abs=1e-12)
+            assert cell.n == len(trial_means)
+            dataset_means.append(cell.mean)
+        if None in dataset_means:
+            assert row.avg is None
+        else:
+            assert row.avg == pytest.approx(sum(dataset_means) / len(dataset_means), abs=1e-12)
+    # MIRO never ran on ToyB; leave-one-out has no ToyB numbers at all.
+    assert table.row("MIRO").cells[1] is None and table.row("MIRO").avg is None
+    if rule == "leave_one_out":
+        assert all(r.cells[1] is None for r in table.rows)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_paired_gain_tables(sweep, tables, rule):
+    sel = reference_selection(sweep[1], rule)
+    comparisons = {"ToyA": [("ERM_FTLP", "ERM"), ("SWAD_FTLP", "SWAD"), ("ERM_FTLP", "MIRO")], "ToyB": [("ERM_FTLP", "ERM")]}
+    for dataset, comps in comparisons.items():
+        table = tables[f"{rule}/gains/{dataset}"] if f"{rule}/gains/{dataset}" in tables else None
+        if rule == "leave_one_out" and dataset == "ToyB":
+            assert table is None
+            continue
+        assert [r.label for r in table.rows] == [f"{a} vs {b}" for a, b in comps]
+        for (treat, base), row in zip(comps, table.rows):
+            for env, cell in enumerate(row.cells):
+                diffs = [
+                    sel[(dataset, treat, env, t)][1] - sel[(dataset, base, env, t)][1]
+                    for t in fx.TRIALS[dataset]
+                    if (dataset, treat, env, t) in sel and (dataset, base, env, t) in sel
+                ]
+                assert cell.n == len(diffs)
+                assert cell.mean == pytest.approx(statistics.fmean(diffs), abs=1e-12)
+                assert cell.se == pytest.approx(statistics.pstdev(diffs) / math.sqrt(len(diffs)), abs=1e-12)
+
+
+def test_gain_se_is_of_the_paired_differences_not_of_the_groups():
+    # Two trials: treatment 0.60/0.70, base 0.50/0.60 -> differences 0.10/0.10, SE 0.
+    selected = pd.DataFrame(
+        {
+            "dataset": ["D"] * 4,
+            "algorithm": ["ERM", "ERM", "ERM_FTLP", "ERM_FTLP"],
+            "test_env": [0] * 4,
+            "trial_seed": [0, 1, 0, 1],
+            "test_acc": [0.50, 0.60, 0.60, 0.70],
+        }
+    )
+    from domainbed.lib.tables import paired_gain_stats
+
+    stats = paired_gain_stats(selected)
+    assert stats.loc[0, "comparison"] == "ERM_FTLP vs ERM"
+    assert stats.loc[0, "mean"] == pytest.approx(0.10) and stats.loc[0, "se"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mean_se_and_cell_format():
+    stat = mean_se([0.5, 0.7])
+    assert stat.mean == pytest.approx(0.6) and stat.se == pytest.approx(0.1 / math.sqrt(2)) and stat.n == 2
+    assert format_stat(stat, "text") == "60.0 +/- 7.1"
+    assert format_stat(stat, "markdown", row_n=3) == "60.0 ± 7.1 (n=2)"
+    assert format_stat(stat, "latex", signed=True) == r"+60.0 $\pm$ 7.1"
+    assert format_stat(None) == "X"
+
+
+def test_reference_rows_in_averages_table():
+    datasets = list(REFERENCE_DATASETS)
+    selected = pd.DataFrame(
+        [{"dataset": d, "algorithm": "ERM", "test_env": e, "trial_seed": 0, "test_acc": 0.5} for d in datasets for e in range(2)]
+    )
+    layout = SweepLayout(datasets, {d: ["ERM"] for d in datasets}, {d: 2 for d in datasets})
+    table = averages_table(selected, "training_domain", "training-domain validation", layout, reference=True)
+    swad = table.row("SWAD (reported)")
+    assert [c.mean for c in swad.cells] == pytest.approx([0.881, 0.791, 0.706, 0.500, 0.465])
+    assert swad.avg == pytest.approx(0.669)
+    assert table.row("MIRO+SWAD (reported)").avg == pytest.approx(0.681)
+    assert table.row("ERM (reported)").cells[0].mean == pytest.approx(0.855)
+    assert table.row("CORAL (reported)").cells[4].mean == pytest.approx(0.415)
+    text = render(table, "text")
+    assert "MIRO (reported)" in text and "65.9" in text and "(reported) rows" in text
+    # Only the datasets shown: PACS alone gives the PACS number and no paper average.
+    one = averages_table(selected[selected["dataset"] == "PACS"], "t", "t", SweepLayout(["PACS"], {"PACS": ["ERM"]}, {"PACS": 2}), True)
+    assert one.row("MIRO (reported)").cells[0].mean == pytest.approx(0.854)
+    assert one.row("MIRO (reported)").avg == pytest.approx(0.854)
+
+
+# ----------------------------------------------------------------------------- output
+
+def test_collect_text_counts_and_captions(sweep):
+    out = collect_results.collect(sweep[0])
+    head = out.split("=====")[0]
+    assert "Skipped 2 incomplete jobs" in head and "Skipped 1 truncated" in head
+    assert "no averaged-model record" in head
+    for title in ("training-domain validation", "leave-one-domain-out validation", "test-domain validation (oracle)"):
+        assert f"Model selection: {title}" in out
+        assert f"ToyA - selection: {title}" in out
+    assert "SWAD-family rows use the final averaged model" in out
+    assert "ERM_FTLP vs MIRO" in out and "SWAD_FTLP vs SWAD" in out
+
+
+def _expected_string(sweep, rule: str, dataset: str, algorithm: str, env: int, pm: str) -> str:
+    mean, se, _ = expected_cell(reference_selection(sweep[1], rule), dataset, algorithm, env)
+    return f"{100 * mean:.1f} {pm} {100 * se:.1f}"
+
+
+@pytest.mark.parametrize("fmt,pm", [("text", "+/-"), ("markdown", "±"), ("latex", r"$\pm$")])
+def test_collect_formats(sweep, fmt, pm):
+    out = collect_results.collect(sweep[0], selection=["training_domain"], fmt=fmt)
+    cell = _expected_string(sweep, "training_domain", "ToyA", "SWAD_FTLP", 1, pm)
+    if fmt == "text":
+        line = next(line for line in out.splitlines() if line.startswith("SWAD_FTLP "))
+        assert cell in line
+    elif fmt == "markdown":
+        line = next(line for line in out.splitlines() if line.startswith("| SWAD_FTLP |"))
+        assert cell in line and line.count("|") == 7
+        assert "| --- |" not in out and "|---|" in out
+    else:
+        assert r"\begin{tabular}" in out and r"\toprule" in out and r"\end{table}" in out
+        line = next(line for line in out.splitlines() if line.startswith(r"SWAD\_FTLP &"))
+        assert cell in line and line.endswith(r"\\")
+        preamble = [line for line in out.split(r"\begin{table}")[0].splitlines() if line.strip()]
+        assert preamble and all(line.startswith("%") for line in preamble)
+
+
+def test_collect_reference_note_and_main(sweep, capsys):
+    collect_results.main(["--input_dir", str(sweep[0]), "--markdown", "--reference", "--selection", "oracle"])
+    out = capsys.readouterr().out
+    assert out.count("## Model selection") == 1 and "Skipped 2 incomplete jobs" in out
+    assert "Reference rows are published under training-domain validation" in out
+    with pytest.raises(SystemExit, match="does not exist"):
+        collect_results.main(["--input_dir", str(sweep[0] / "missing")])
+
+
+def test_collect_partial_and_empty_sweeps(sweep, tmp_path):
+    out = collect_results.collect(sweep[0] / "part2")  # ToyB only: no pair runs
+    assert "No results under leave-one-domain-out validation" in out and "ToyB - selection" in out
+    assert "No finished jobs" in collect_results.collect(tmp_path)
+
+
+def test_list_top_hparams(sweep, capsys):
+    list_top_hparams.main(
+        ["--input_dir", str(sweep[0]), "--dataset", "ToyA", "--algorithm", "SWAD", "--test_env", "1", "--selection", "training_domain", "oracle"]
+    )
+    out = capsys.readouterr().out
+    td, oracle = out.split("== test-domain validation (oracle) ==")
+    assert "== training-domain validation ==" in td
+    # hparams seed 1 ranks first under training-domain validation, seed 0 under the oracle.
+    first = lambda block: [line.split()[1] for line in block.splitlines() if line.startswith("1 ")]  # noqa: E731
+    assert first(td) == ["1", "1", "1"] and first(oracle) == ["0", "0", "0"]
+    assert '"lr": 0.002' in td and "200 (averaged)" in td
+    with pytest.raises(SystemExit, match="found: ToyA, ToyB"):
+        list_top_hparams.main(["--input_dir", str(sweep[0]), "--dataset", "PACS", "--algorithm", "ERM", "--test_env", "0"])
