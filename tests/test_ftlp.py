@@ -119,7 +119,7 @@ def test_folded_predictor_predicts_like_the_algorithm(debug28):
     alg = make("ERM_FTLP", debug28, ftlp_lambda=1.0, ftlp_encoder_lr_mult=100.0)
     for _ in range(3):
         alg.update(batches(debug28))
-    assert not torch.equal(alg.posterior_encoder.weight, torch.eye(alg.featurizer.n_outputs))
+    assert not torch.equal(alg.posterior_encoder.scale, torch.ones(alg.featurizer.n_outputs))
     alg.eval()
     predictor = alg.build_predictor().eval()
     x = debug28[0].x[:6]
@@ -176,3 +176,31 @@ def test_miro_exposes_only_lambda_and_uses_dataset_table():
 def test_bad_ftlp_hparams_are_explained(debug28):
     with pytest.raises(ValueError, match="ftlp_layers must be one of"):
         make("ERM_FTLP", debug28, ftlp_layers="everything")
+
+
+def test_swad_state_survives_a_checkpoint_round_trip(debug28, tmp_path):
+    from domainbed.lib.checkpoint import atomic_torch_save, safe_load
+
+    def run(alg, start, stop):
+        for i in range(start, stop):
+            torch.manual_seed(i)
+            alg.update(batches(debug28))
+            alg.on_step_end(i)
+            if i % 2 == 1:
+                alg.on_evaluation(i, {"val_loss": [3.0, 2.0, 2.5, 2.6, 2.7, 2.8][i // 2]})
+
+    ref = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2)
+    run(ref, 0, 12)
+    first = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2)
+    run(first, 0, 7)
+    atomic_torch_save({"alg": first.state_dict(), "opt": first.optimizer.state_dict()}, tmp_path / "c.pt")
+    state = safe_load(tmp_path / "c.pt")
+    resumed = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2)
+    resumed.load_state_dict(state["alg"])
+    resumed.optimizer.load_state_dict(state["opt"])
+    run(resumed, 7, 12)
+    for alg in (ref, resumed):
+        alg.on_train_end(None)
+    assert ref.swad.valley.accepted_segments == resumed.swad.valley.accepted_segments
+    for (k, a), b in zip(ref.eval_network().state_dict().items(), resumed.eval_network().state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)

@@ -8,8 +8,8 @@ the fine-tuned model's feature distribution and the prior's (DESIGN.md §4)::
     P_l(z|x) = N(μ_φ,l(g_θ,l(x)), diag σ²_P,l)               posterior ("model distribution")
     loss     = L_base(θ) + λ · Σ_l mean_elements KL(P_l ‖ Q_l)
 
-Only weights are published for large pre-trained models, so the encoder ``μ_φ`` (a linear
-map initialised to the identity at the final layer; the identity at intermediate layers,
+Only weights are published for large pre-trained models, so the encoder ``μ_φ`` (a per-channel
+affine map initialised to the identity at the final layer; the identity at intermediate layers,
 where a free encoder could absorb the drift and void the prior) and the per-channel
 variances simulate the distribution. With ``ftlp_prior_var = learned`` the posterior is a
 point (MAP): the entropy term no longer depends on the parameters and the KL reduces to
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from domainbed.algorithms.base import LossOutput, Minibatches
@@ -78,12 +77,20 @@ class FTLPConfig:
         return self.layers in ("stages", "all")
 
 
-def identity_linear(dim: int) -> nn.Linear:
-    layer = nn.Linear(dim, dim)
-    with torch.no_grad():
-        layer.weight.copy_(torch.eye(dim))
-        layer.bias.zero_()
-    return layer
+class DiagonalEncoder(nn.Module):
+    """The posterior-mean encoder at the final layer: ``μ = a ⊙ f + b``, the identity at init.
+
+    Our choice (the paper's encoder is not public): per-channel, so it can rescale and shift
+    features to match the prior but cannot rotate them, and it costs O(d), not O(d²).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.shift = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return f * self.scale + self.shift
 
 
 class PriorKL(nn.Module):
@@ -157,7 +164,7 @@ class FTLP:
         channels = self._layer_channels()
         d = self.featurizer.n_outputs
         use_encoder = self.ftlp_cfg.uses_final and self.ftlp_cfg.final_encoder
-        self.posterior_encoder = identity_linear(d) if use_encoder else None
+        self.posterior_encoder = DiagonalEncoder(d) if use_encoder else None
         self.prior_kl = PriorKL(channels, self.ftlp_cfg)
 
     def ftlp_config(self) -> FTLPConfig:
@@ -209,7 +216,7 @@ class FTLP:
         # The classifier reads the posterior; the encoder is a variational parameter fitted by
         # the KL alone, so the cross-entropy sees it as a constant (with λ = 0 it stays the
         # identity and FT-LP follows the base algorithm exactly).
-        z = F.linear(f.final, enc.weight.detach(), enc.bias.detach())
+        z = f.final * enc.scale.detach() + enc.shift.detach()
         if self.training and self.ftlp_cfg.classifier_input == "sample":
             std = self.prior_kl.var_p(0, z).detach().sqrt()
             z = z + std * torch.randn_like(z)
@@ -243,15 +250,15 @@ class FTLP:
     def predictive_state(self) -> dict[str, torch.Tensor]:
         """Fold the posterior-mean encoder into the classifier's first linear layer, so the
         stand-alone predictor (what SWAD averages, what is deployed) is a plain featurizer +
-        classifier, without the prior or the encoder: ``W_c (W_e f + b_e) + b_c``."""
+        classifier, without the prior or the encoder: ``W_c (a ⊙ f + b) + b_c``."""
         state = super().predictive_state()
         if self.posterior_encoder is None:
             return state
         first = next(m for m in self.classifier.modules() if isinstance(m, nn.Linear))
         prefix = "classifier." if first is self.classifier else f"classifier.{_name_of(self.classifier, first)}."
-        we, be = self.posterior_encoder.weight.detach(), self.posterior_encoder.bias.detach()
-        state[prefix + "weight"] = first.weight.detach() @ we
-        state[prefix + "bias"] = first.weight.detach() @ be + first.bias.detach()
+        a, b = self.posterior_encoder.scale.detach(), self.posterior_encoder.shift.detach()
+        state[prefix + "weight"] = first.weight.detach() * a  # W_c diag(a)
+        state[prefix + "bias"] = first.weight.detach() @ b + first.bias.detach()
         return state
 
 

@@ -44,6 +44,13 @@ class SWAD(ERM):
             int(h["swad_n_converge"]), int(h["swad_n_tolerance"]), float(h["swad_tolerance_ratio"])))
         object.__setattr__(self, "_averaged", None)
 
+    # state_dict() carries the averaging state, so a resumed run continues the same average.
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"swad": self.swad.state_dict()}
+
+    def set_extra_state(self, state: Mapping[str, Any]) -> None:
+        self.swad.load_state_dict(state["swad"])
+
     def on_step_end(self, step: int) -> None:
         self.swad.step(self.predictive_state())
 

@@ -94,6 +94,22 @@ class LossValley:
         self._finished = False
         self._accepted: list[int] = []
 
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values only, so a checkpoint loads with ``torch.load(weights_only=True)``."""
+        return {
+            "n_segments": self._n_segments, "window": [list(p) for p in self._window],
+            "pending": [list(p) for p in self._pending], "threshold": self._threshold,
+            "ended": self._ended, "finished": self._finished, "accepted": list(self._accepted),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._n_segments = int(state["n_segments"])
+        self._window = deque(((int(i), float(l)) for i, l in state["window"]), maxlen=self.n_converge)
+        self._pending = deque((int(i), float(l)) for i, l in state["pending"])
+        self._threshold = None if state["threshold"] is None else float(state["threshold"])
+        self._ended, self._finished = bool(state["ended"]), bool(state["finished"])
+        self._accepted = [int(i) for i in state["accepted"]]
+
     @property
     def is_started(self) -> bool:
         """Averaging has started (the valley was found)."""
@@ -266,6 +282,19 @@ class WeightAverager:
                 latest.copy_(state[key].detach())
         self.count += 1
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count, "order": list(self._order), "sums": dict(self._sums),
+            "latest": dict(self._latest), "dtypes": {k: str(v).replace("torch.", "") for k, v in self._dtypes.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.count = int(state["count"])
+        self._order = list(state["order"])
+        self._sums = {k: v.to(self.device or v.device, self.dtype) for k, v in state["sums"].items()}
+        self._latest = {k: v.to(self.device or v.device) for k, v in state["latest"].items()}
+        self._dtypes = {k: getattr(torch, v) for k, v in state["dtypes"].items()}
+
     def merge(self, other: WeightAverager) -> None:
         """Add another averager's sums and count (a count-weighted merge of the means).
 
@@ -355,6 +384,28 @@ class SegmentAverager:
         self._segments: dict[int, WeightAverager] = {}
         self._last_closed: Optional[WeightAverager] = None
         self._finished = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume averaging after a restart (tensors and plain values)."""
+        return {
+            "valley": self.valley.state_dict(), "final": self._final.state_dict(),
+            "current": self._current.state_dict(),
+            "segments": {str(i): a.state_dict() for i, a in self._segments.items()},
+            "last_closed": None if self._last_closed is None else self._last_closed.state_dict(),
+            "finished": self._finished,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        def averager(sub: Mapping[str, Any]) -> WeightAverager:
+            a = self._new()
+            a.load_state_dict(sub)
+            return a
+
+        self.valley.load_state_dict(state["valley"])
+        self._final, self._current = averager(state["final"]), averager(state["current"])
+        self._segments = {int(i): averager(sub) for i, sub in state["segments"].items()}
+        self._last_closed = None if state["last_closed"] is None else averager(state["last_closed"])
+        self._finished = bool(state["finished"])
 
     @property
     def has_average(self) -> bool:
