@@ -68,7 +68,7 @@ def _family_hparams(family: str) -> dict[str, HParam]:
         "freeze_bn": HParam("auto", help="keep BatchNorm statistics frozen; auto: True for ResNets"),
         "image_size": HParam(32 if subset else 224, help="input resolution of image datasets"),
         "precision": HParam("auto", help="autocast dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32"),
-        "channels_last": HParam("auto", help="channels_last memory format: auto (on for CUDA conv nets), true, false"),
+        "channels_last": HParam("auto", help="channels_last memory format: auto (on for conv backbones other than mnist_cnn), true, false"),
         "fused_optimizer": HParam("auto", help="fused Adam where the device supports it"),
         "compile": HParam(False, help="torch.compile the featurizer"),
         "eval_batch_size": HParam(256, help="batch size of evaluation (under inference_mode)"),

@@ -83,7 +83,9 @@ class Algorithm(nn.Module):
             raise ValueError(f"hparam precision must be one of auto, bf16, fp16, fp32; got {precision!r}")
         self._amp_dtype = dtypes[precision]
         is_conv = self.hparams.get("backbone", "") != "mnist_cnn"
-        self._channels_last = _flag(self.hparams.get("channels_last", "auto"), dev.type == "cuda" and is_conv)
+        # channels_last pays off for timm conv nets on CUDA and on CPU alike (oneDNN: about 3x
+        # faster EfficientNet-Lite0 training steps on 2 cores); not for the small GroupNorm CNN.
+        self._channels_last = _flag(self.hparams.get("channels_last", "auto"), is_conv)
         if self._channels_last:
             self.to(memory_format=torch.channels_last)
         if self.hparams.get("compile", False):

@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--n_hparams_from", type=int, default=0)
     jobs.add_argument("--n_hparams", type=int, default=20)
     jobs.add_argument("--output_dir", type=str, help="sweep folder; one sub-folder per job")
-    jobs.add_argument("--data_dir", type=str)
+    jobs.add_argument("--data_dir", type=str, default="./domainbed/data/",
+                      help="dataset root (unused by the offline MNIST subsets and Debug datasets)")
     jobs.add_argument(
         "--seed", type=int, default=0, help="accepted for DomainBed command lines; job seeds come from seed_hash"
     )
@@ -236,7 +237,7 @@ def load_sweep_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, An
 
 
 def _validate(args: argparse.Namespace) -> None:
-    for name in ("datasets", "algorithms", "output_dir", "data_dir"):
+    for name in ("datasets", "algorithms", "output_dir"):
         if not getattr(args, name):
             raise ValueError(f"--{name} is required (on the command line or in the --sweep file)")
     if args.n_trials < 1:

@@ -5,6 +5,8 @@ The output directory receives ``out.txt``/``err.txt`` (copies of stdout/stderr),
 ``model.pt`` and finally ``done``. Rerunning the same command resumes from
 ``checkpoint.pt``: model, optimizer, scaler, RNG states and step, with no duplicated or
 partial record. SIGTERM (sent by SLURM before pre-emption) saves a checkpoint and exits 143.
+Every file is replaced atomically, so a kill at any moment loses at most the steps since
+the last checkpoint (docs/failure_modes.md lists each failure and what is kept).
 """
 
 from __future__ import annotations
@@ -27,7 +29,18 @@ from domainbed.algorithms import get_algorithm_class
 from domainbed.datasets import build_dataset, get_dataset_class, num_environments
 from domainbed.datasets.base import DatasetError
 from domainbed.datasets.splits import in_out_split, split_dataset
-from domainbed.lib.checkpoint import append_jsonl, atomic_torch_save, read_jsonl, rewrite_jsonl, safe_load
+from domainbed.datasets.images import bad_image_count
+from domainbed.lib.checkpoint import (
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write_text,
+    clean_temp_files,
+    fault_point,
+    read_jsonl,
+    reset_faults,
+    rewrite_jsonl,
+    safe_load,
+)
 from domainbed.lib.evaluation import evaluate
 from domainbed.lib.loaders import eval_loader, train_loader, zip_batches
 from domainbed.lib.misc import rng_state, seed_hash, set_global_seed, set_rng_state
@@ -134,7 +147,7 @@ def check_resume_args(out: Path, args: argparse.Namespace) -> None:
                 "Use another --output_dir, or delete that directory to start over."
             )
     else:
-        path.write_text(json.dumps(vars(args), indent=2, sort_keys=True))
+        atomic_write_text(path, json.dumps(vars(args), indent=2, sort_keys=True))
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -171,11 +184,15 @@ def threading_is_main() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    reset_faults()
     try:
         validate_args(args)
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         if (out / "done").exists():
+            # A kill between writing ``done`` and the clean-up leaves these behind.
+            (out / "checkpoint.pt").unlink(missing_ok=True)
+            clean_temp_files(out)
             print(f"{out} is already done; nothing to do")
             return
         check_resume_args(out, args)
@@ -268,6 +285,10 @@ class Trainer:
         self.log_sums: dict[str, torch.Tensor] = {}
         self.log_count = 0
         self.finished = False
+        self.bad_images_at_start = bad_image_count()
+        stale = clean_temp_files(self.out)
+        if stale:
+            print(f"Removed {len(stale)} temporary files of interrupted writes: {', '.join(stale)}")
         records = read_jsonl(self.results_path)
         if not self.ckpt_path.exists():
             if records or self.results_path.exists():
@@ -323,6 +344,7 @@ class Trainer:
         results: dict[str, float] = {}
         for name, loader in self.eval_loaders.items():
             acc, loss = evaluate(network, loader, self.device, alg._amp_dtype, alg._channels_last)
+            fault_point("eval")
             results[f"{name}_acc"] = acc
             if name.endswith("_out"):
                 results[f"{name}_loss"] = loss
@@ -363,6 +385,7 @@ class Trainer:
                 minibatches = next(batches)
                 unlabeled = [x for x, _ in next(uda_batches)] if uda_batches else None
                 logs = alg.update(minibatches, unlabeled)
+                fault_point("step")
                 for k, v in logs.items():  # accumulate on the device: no host sync per step
                     self.log_sums[k] = self.log_sums[k] + v if k in self.log_sums else v.clone()
                 self.log_count += 1
@@ -376,6 +399,7 @@ class Trainer:
                     alg.on_evaluation(step, evals)
                     record = self._record(step, step_time, evals, means)
                     append_jsonl(self.results_path, record)
+                    fault_point("after_record")
                     self._tensorboard(writer, record)
                     progress.set_postfix(loss=f"{means.get('loss', float('nan')):.3f}")
                     if not all(math.isfinite(v) for k, v in means.items()):
@@ -387,6 +411,7 @@ class Trainer:
                     self.log_sums, self.log_count = {}, 0
                     self.finished = alg.should_stop or step == self.steps - 1
                     self._save_checkpoint(step)
+                    fault_point("after_checkpoint")
                     if self.args.save_model_every_checkpoint:
                         self._save_model(self.out / f"model_step{step}.pt")
                     interval_start, interval_steps = time.perf_counter(), 0
@@ -412,12 +437,15 @@ class Trainer:
             last = read_jsonl(self.results_path)[-1]
             record = {**last, **evals, "averaged": True}
             append_jsonl(self.results_path, record)
+            fault_point("after_record")
             self._tensorboard(writer, record, prefix="averaged/")
             print("Averaged model:", json.dumps({k: round(v, 4) for k, v in evals.items()}))
         writer.close()
         if not self.args.skip_model_save:
             self._save_model(self.out / "model.pt")
+        fault_point("before_done")
         (self.out / "done").write_text("done\n")
+        fault_point("after_done")
         self.ckpt_path.unlink(missing_ok=True)  # the finished run no longer needs optimizer state
         self._print_summary()
 
@@ -435,6 +463,11 @@ class Trainer:
         writer.flush()
 
     def _print_summary(self) -> None:
+        skipped = len(getattr(self.dataset, "skipped_files", []))
+        bad = bad_image_count() - self.bad_images_at_start
+        if skipped or bad:
+            print(f"Data: skipped {skipped} empty or non-image files; skipped {bad} unreadable images "
+                  "(replaced by other images of their domain; counted in this process only, see err.txt)")
         records = read_jsonl(self.results_path)
         if not records:
             return
