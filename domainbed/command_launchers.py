@@ -50,6 +50,8 @@ from pathlib import Path
 from queue import Queue
 from typing import Any, Callable, Literal, Sequence
 
+from domainbed.lib.registry import Registry
+
 try:  # submitit is needed only by the slurm launcher; keep the other launchers usable without it
     from submitit.helpers import Checkpointable as _Checkpointable
 except ImportError:  # pragma: no cover - exercised only where submitit is not installed
@@ -106,34 +108,22 @@ class LaunchSummary:
 
 
 Launcher = Callable[[Sequence[Job], LauncherOptions], LaunchSummary]
-_LAUNCHERS: dict[str, Launcher] = {}
+_LAUNCHERS: Registry[Launcher] = Registry("command launcher")
 
 
 def register_launcher(name: str) -> Callable[[Launcher], Launcher]:
     """Decorator registering a launcher under ``name``; a duplicate name raises."""
-
-    def decorate(fn: Launcher) -> Launcher:
-        if name in _LAUNCHERS:
-            raise ValueError(f"command launcher {name!r} is registered twice")
-        _LAUNCHERS[name] = fn
-        return fn
-
-    return decorate
+    return _LAUNCHERS.register(name)
 
 
 def launcher_names() -> list[str]:
     """Names of every registered launcher, sorted."""
-    return sorted(_LAUNCHERS)
+    return _LAUNCHERS.names()
 
 
 def get_launcher(name: str) -> Launcher:
     """The launcher registered as ``name``; the error lists the valid names."""
-    try:
-        return _LAUNCHERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown command launcher {name!r}; valid launchers: {', '.join(launcher_names())}"
-        ) from None
+    return _LAUNCHERS.get(name)
 
 
 # ----------------------------------------------------------------------------- locks

@@ -46,7 +46,7 @@ def test_missing_mnist_is_a_clear_error(tmp_path):
 
 
 def test_unknown_dataset_lists_names():
-    with pytest.raises(DatasetError, match="Valid datasets: .*Debug28.*PACS"):
+    with pytest.raises(DatasetError, match="valid datasets: .*Debug28.*PACS"):
         get_dataset_class("PACSS")
 
 

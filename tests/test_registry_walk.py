@@ -38,5 +38,5 @@ def test_registry_rejects_duplicates_and_lists_names():
 
     with pytest.raises(ValueError, match="registered twice"):
         register_algorithm(type("ERM", (get_algorithm_class("ERM"),), {}))
-    with pytest.raises(ValueError, match="Valid algorithms: .*CORAL.*ERM"):
+    with pytest.raises(ValueError, match="valid algorithms: .*CORAL.*ERM"):
         get_algorithm_class("ERMM")

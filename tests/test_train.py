@@ -134,8 +134,8 @@ def test_mnist_subset_end_to_end(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--algorithm", "NotAnAlgorithm"], "Valid algorithms"),
-        (["--dataset", "NotADataset"], "Valid datasets"),
+        (["--algorithm", "NotAnAlgorithm"], "valid algorithms"),
+        (["--dataset", "NotADataset"], "valid datasets"),
         (["--test_envs", "7"], "out of range"),
         (["--hparams", "{bad json"], "not valid JSON"),
         (["--hparams", '{"lr_typo": 1}'], "Valid keys"),

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-_ALGORITHMS: dict[str, type] = {}
+from domainbed.lib.registry import Registry
+
+ALGORITHMS: Registry[type] = Registry("algorithm")
 T = TypeVar("T", bound=type)
 
 
 def register_algorithm(cls: T) -> T:
     """Register ``cls`` under its class name (its DomainBed name); duplicates are an error."""
-    name = cls.__name__
-    if name in _ALGORITHMS:
-        raise ValueError(f"algorithm {name!r} is registered twice")
-    _ALGORITHMS[name] = cls
-    return cls
+    return ALGORITHMS.register()(cls)
 
 
 def algorithm_names() -> list[str]:
-    return sorted(_ALGORITHMS)
+    return ALGORITHMS.names()
 
 
 def get_algorithm_class(name: str) -> type:
-    try:
-        return _ALGORITHMS[name]
-    except KeyError:
-        raise ValueError(f"unknown algorithm {name!r}. Valid algorithms: {', '.join(algorithm_names())}") from None
+    return ALGORITHMS.get(name)

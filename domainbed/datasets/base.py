@@ -12,7 +12,8 @@ from typing import Any, Callable, ClassVar, TypeVar
 import torch
 from torch.utils.data import Dataset
 
-_DATASETS: dict[str, type["MultipleDomainDataset"]] = {}
+from domainbed.lib.registry import Registry
+
 
 T = TypeVar("T", bound=type)
 
@@ -53,28 +54,26 @@ class MultipleDomainDataset:
         return list(self.ENVIRONMENTS)
 
 
+_DATASETS: Registry[type] = Registry("dataset")
+
+
 def register_dataset(cls: T) -> T:
     """Class decorator: make a dataset available under its class name."""
-    name = cls.__name__
-    if name in _DATASETS:
-        raise ValueError(f"dataset {name!r} is registered twice")
-    _DATASETS[name] = cls
-    return cls
+    return _DATASETS.register()(cls)
 
 
 def dataset_names() -> list[str]:
     """Names of every registered dataset, sorted."""
-    return sorted(_DATASETS)
+    return _DATASETS.names()
 
 
 def get_dataset_class(name: str) -> type[MultipleDomainDataset]:
     """The registered class called ``name``; the error lists the valid names."""
     try:
-        return _DATASETS[name]
-    except KeyError:
+        return _DATASETS.get(name)
+    except ValueError as e:
         raise DatasetError(
-            f"unknown dataset {name!r}. Valid datasets: {', '.join(dataset_names())}. "
-            "Any folder laid out as ROOT/<domain>/<class>/<image> also works: pass its path as --dataset."
+            f"{e}. Any folder laid out as ROOT/<domain>/<class>/<image> also works: pass its path as --dataset."
         ) from None
 
 
