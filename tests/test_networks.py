@@ -65,3 +65,15 @@ def test_pickle_payload_is_refused(tmp_path):
     path.write_bytes(pickle.dumps({"w": torch.nn.Linear(2, 2)}))
     with pytest.raises(WeightsError, match="cannot load .* safely"):
         read_state_dict(path)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "resnet18"])
+def test_any_timm_model_by_name_with_intermediates(name):
+    f = build_featurizer((3, 32, 32), {"backbone": name, "pretrained": False}).eval()
+    feats = f.forward_features(torch.randn(2, 3, 32, 32), intermediates=True)
+    assert feats.final.shape == (2, f.n_outputs) and len(feats.intermediates) >= 4
+
+
+def test_unknown_backbone_lists_choices():
+    with pytest.raises(ValueError, match="unknown backbone 'nope'.*timm.list_models"):
+        build_featurizer((3, 32, 32), {"backbone": "nope", "pretrained": False})
