@@ -172,10 +172,7 @@ def test_every_algorithm_trains_end_to_end_on_debug28(tmp_path, name):
     if "FTLP" in name:  # a true KL (fixed prior variance by default)
         assert all(r["ftlp_kl"] >= 0 for r in records)
     if name == "MIRO":  # -log Q up to a constant: finite, may be negative
-        if name != "SWAD":
         assert all(math.isfinite(r["ftlp_kl"]) for r in records)
-    else:
-        assert records[-1]["averaged"] is True
 
 
 @pytest.mark.parametrize("name", ["ERM_FTLP", "CORAL_FTLP", "SWAD", "SWAD_FTLP", "MIRO"])

@@ -1,0 +1,532 @@
+"""Robustness (issue 6): no lost results under crashes, bad data and bad input.
+
+Kills use the ``DOMAINBED_FAULT`` hook (``domainbed.lib.checkpoint.fault_point``) to hit
+exact moments, plus SIGKILLs at random times. To keep the Python start-up cost (about 3 s
+of imports) out of every run, killed runs are forked from one "fork server" that has done
+the imports and run no torch op: each child is a real, separate process that a SIGKILL
+ends with nothing run after it. docs/failure_modes.md names the test of each failure.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from domainbed.lib.checkpoint import FAULT_ENV, InjectedFault, read_jsonl, safe_load
+from domainbed.scripts import train
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "domainbed"
+STEPS, FREQ = 13, 4
+EXPECTED_STEPS = [0, 4, 8, 12]
+DEBUG_ARGS = ["--dataset", "Debug28", "--steps", str(STEPS), "--checkpoint_freq", str(FREQ),
+              "--hparams", '{"batch_size": 4}']
+VOLATILE = {"step_time", "mem_gb", "args"}
+KILLED = -signal.SIGKILL
+
+FORK_SERVER = textwrap.dedent(
+    """
+    import json, os, sys, traceback
+    import tqdm  # noqa: F401  (imported here so children do not pay for it)
+    from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    from domainbed.scripts import train
+
+    for line in sys.stdin:
+        job = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the training run: a separate process, killable on its own
+            code = 1
+            try:
+                os.environ.pop("DOMAINBED_FAULT", None)
+                os.environ.update(job["env"])
+                fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                try:
+                    train.main(job["argv"])
+                    code = 0
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                except BaseException:
+                    traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        print(json.dumps({"pid": pid}), flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+    """
+)
+
+
+class ForkServer:
+    """Runs ``train.main(argv)`` in forked children of one pre-imported Python process."""
+
+    def __init__(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+        self.proc = subprocess.Popen([sys.executable, "-c", FORK_SERVER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
+
+    def run(self, out: Path, fault: str | None = None, kill_after: float | None = None,
+            argv: list[str] | None = None) -> int:
+        """Exit status of one run (negative: killed by that signal); ``argv`` defaults to DEBUG_ARGS."""
+        argv = [*(DEBUG_ARGS if argv is None else argv), "--output_dir", str(out)]
+        job = {"argv": argv, "env": {FAULT_ENV: fault} if fault else {}, "log": str(out.parent / f"{out.name}.log")}
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        pid = json.loads(self.proc.stdout.readline())["pid"]
+        if kill_after is not None:
+            time.sleep(kill_after)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it finished first
+        line = self.proc.stdout.readline()
+        assert line, f"fork server died; see {job['log']}"
+        return json.loads(line)["rc"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = ForkServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def reference(server, tmp_path_factory):
+    """Records of an uninterrupted run (same process setting as the killed runs)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert server.run(out) == 0
+    return read_jsonl(out / "results.jsonl")
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+
+
+def assert_consistent(out: Path, reference, finished: bool, cleaned: bool = True) -> None:
+    """What is on disk is a prefix of the uninterrupted run; complete when ``finished``."""
+    records = read_jsonl(out / "results.jsonl")
+    steps = [r["step"] for r in records]
+    assert steps == EXPECTED_STEPS[: len(steps)], steps  # increasing, no duplicate
+    assert comparable(records) == comparable(reference[: len(records)])
+    assert (out / "done").exists() == finished
+    if finished and cleaned:
+        text = (out / "results.jsonl").read_text()
+        assert text.endswith("\n") and all(json.loads(line) for line in text.splitlines())  # no partial line
+        assert comparable(records) == comparable(reference)
+        assert not (out / "checkpoint.pt").exists()
+        assert not list(out.glob(".*.tmp")), "temporary files of killed writes are cleaned up"
+        assert (out / "model.pt").exists()
+
+
+# (fault, expected exit status, what is on disk afterwards) for one output folder, in order.
+KILL_SEQUENCE = [
+    ("rename/args.json:1", KILLED, "args.json temp file written, not renamed"),
+    ("step:3", KILLED, "in the third step (checkpoint of step 0 on disk)"),
+    ("eval:3", KILLED, "in the middle of the evaluation of step 4"),
+    ("append/results.jsonl:1", KILLED, "half of record 4 on disk"),
+    ("rename/checkpoint.pt:1", KILLED, "record 4 on disk, its checkpoint a temp file"),
+    ("rename/results.jsonl:1", KILLED, "while resuming: truncated records a temp file"),
+    ("after_record:1", KILLED, "record 4 on disk, no checkpoint of step 4"),
+    ("after_checkpoint:1", KILLED, "checkpoint of step 4 renamed into place"),
+    ("step:2:term", train.EXIT_PREEMPTED, "SIGTERM in step 6: checkpoint between evaluations"),
+    ("rename/checkpoint.pt:2", KILLED, "final checkpoint (step 12) a temp file"),
+    ("after_checkpoint:1", KILLED, "final checkpoint saved, loop not left"),
+    ("rename/model.pt:1", KILLED, "model.pt a temp file"),
+    ("before_done:1", KILLED, "model.pt saved, no done"),
+    ("after_done:1", KILLED, "done written, checkpoint.pt not yet removed"),
+]
+
+
+def test_sigkill_at_every_fault_point_then_rerun_equals_uninterrupted(server, reference, tmp_path):
+    out = tmp_path / "run"
+    for fault, expected, moment in KILL_SEQUENCE:
+        rc = server.run(out, fault)
+        assert rc == expected, f"{fault} ({moment}): exit {rc}; see {tmp_path / 'run.log'}"
+        done = fault.startswith("after_done")
+        assert_consistent(out, reference, finished=done, cleaned=not done)
+        if fault == "rename/checkpoint.pt:1":  # a killed checkpoint write leaves its temp file only
+            (temp,) = out.glob(".checkpoint.pt.*.tmp")
+            assert temp.stat().st_size > 0 and safe_load(out / "checkpoint.pt")["step"] == 0
+        if fault.endswith(":term"):
+            assert "SIGTERM received: checkpoint saved at step 6" in (out / "err.txt").read_text()
+            assert (out / "checkpoint.pt").exists()
+    assert server.run(out) == 0
+    assert_consistent(out, reference, finished=True)
+    log = (out / "out.txt").read_text()
+    assert "Resuming from step 7 (2 records kept)" in log, "the pre-empted run continued where it stopped"
+    # Every temp file left by a kill (args.json, checkpoint x2, results.jsonl, model.pt) was removed on resume.
+    assert log.count("Removed 1 temporary files of interrupted writes") == 5
+
+
+def test_sigkill_at_random_times_then_rerun_equals_uninterrupted(server, reference, tmp_path):
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    out = tmp_path / "run"
+    for _ in range(4):
+        rc = server.run(out, kill_after=rng.uniform(0.2, 3.0))
+        assert rc in (0, KILLED), f"seed {seed}"
+        assert_consistent(out, reference, finished=rc == 0)
+    assert server.run(out) == 0, f"seed {seed}"
+    assert_consistent(out, reference, finished=True)
+
+
+# ----------------------------------------------------------------------------- crashes
+
+
+def sweep_argv(sweep_dir: Path) -> list[str]:
+    return ["--datasets", "Debug28", "--algorithms", "ERM", "--output_dir", str(sweep_dir), "--data_dir", "unused",
+            "--n_hparams", "1", "--n_trials", "1", "--single_test_envs", "--test_envs_subset", "0",
+            "--steps", "5", "--checkpoint_freq", "2", "--hparams", '{"batch_size": 4}', "--skip_confirmation"]
+
+
+def test_crash_keeps_traceback_and_is_counted_incomplete(tmp_path, monkeypatch, capsys):
+    from domainbed.lib.records import load_records
+    from domainbed.scripts import collect_results, sweep
+
+    sweep_dir = tmp_path / "sweep"
+    (job,) = sweep.build_jobs(sweep.parse_args(["status", *sweep_argv(sweep_dir)]))
+    monkeypatch.setenv(FAULT_ENV, "step:4:raise")
+    with pytest.raises(InjectedFault):
+        train.main(job.argv[3:])  # the job's own command line, after "python -m module"
+    err = (job.output_dir / "err.txt").read_text()
+    assert "Traceback" in err and "InjectedFault: fault injected at step" in err
+    assert not (job.output_dir / "done").exists()
+    assert [r["step"] for r in read_jsonl(job.output_dir / "results.jsonl")] == [0, 2]
+    capsys.readouterr()
+    assert sweep.main(["status", *sweep_argv(sweep_dir)]) == 0
+    assert "1 jobs: 0 done, 1 incomplete, 0 not launched." in capsys.readouterr().out
+    assert load_records(sweep_dir).n_incomplete == 1
+    assert "Skipped 1 incomplete jobs" in collect_results.collect(sweep_dir)
+    # Rerunning the job resumes it from step 3 and completes it.
+    monkeypatch.delenv(FAULT_ENV)
+    train.main(job.argv[3:])
+    assert [r["step"] for r in read_jsonl(job.output_dir / "results.jsonl")] == [0, 2, 4]
+    assert load_records(sweep_dir).n_incomplete == 0
+
+
+def test_diverged_run_stops_exits_3_and_is_not_done(tmp_path, capsys):
+    out = tmp_path / "nan"
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--dataset", "Debug28", "--output_dir", str(out), "--steps", "50", "--checkpoint_freq", "5",
+                    "--hparams", '{"batch_size": 4, "lr": 1e30}'])
+    assert exc.value.code == train.EXIT_DIVERGED
+    steps = [r["step"] for r in read_jsonl(out / "results.jsonl")]
+    assert steps[-1] <= 5, "stops at the first checkpoint after the loss went non-finite"
+    assert "loss became non-finite" in (out / "err.txt").read_text()
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (out / "done").exists()
+
+
+# ----------------------------------------------------------------------------- bad data
+
+
+def make_image_folder(root: Path, layout: dict[str, dict[str, int]], size: int = 32) -> Path:
+    """``root/<domain>/<class>/<i>.png`` with ``layout[domain][class]`` solid-colour images."""
+    from PIL import Image
+
+    for d, (domain, classes) in enumerate(layout.items()):
+        for c, (name, n) in enumerate(classes.items()):
+            folder = root / domain / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (size, size), (40 * c, 20 * i, 60 * d)).save(folder / f"{i}.png")
+        (root / domain).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def folder_args(dataset: Path, *extra: str) -> list[str]:
+    return ["--dataset", str(dataset), "--test_envs", "0", "--num_workers", "0", "--steps", "3", "--checkpoint_freq",
+            "2", "--hparams", '{"batch_size": 4, "image_size": 32, "backbone": "mnist_cnn", "pretrained": false}',
+            *extra]
+
+
+def test_bad_files_are_skipped_and_counted_and_missing_class_keeps_indices(server, tmp_path):
+    from domainbed.datasets import build_dataset
+
+    root = make_image_folder(tmp_path / "data", {
+        "A": {"cat": 4, "dog": 4}, "B": {"cat": 4, "dog": 4}, "C": {"dog": 6},  # C has no cat
+    })
+    (root / "B" / "cat" / "empty.jpg").write_bytes(b"")  # zero bytes: skipped at indexing
+    (root / "B" / "dog" / "notes.txt").write_text("not an image")  # not an image: skipped at indexing
+    (root / "C" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))  # fails to decode
+    with pytest.warns(UserWarning, match="skipped 2 files"):
+        ds = build_dataset(str(root), None, [0], {"image_size": 32})
+    assert ds.classes == ["cat", "dog"] and {t for _, t in ds.datasets[2].samples} == {1}
+    out = tmp_path / "out"
+    assert server.run(out, argv=folder_args(root)) == 0  # a process of its own: warnings reach err.txt
+    assert (out / "done").exists()
+    assert "skipped 2 empty or non-image files; skipped 1 unreadable images" in (out / "out.txt").read_text()
+    err = (out / "err.txt").read_text()
+    assert "skipped 2 files" in err and "empty.jpg" in err
+    assert "BadImageWarning: could not decode" in err and "broken.png" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing folder", "does not exist"),
+        ("missing named dataset", "Download it with"),
+        ("images directly under domains", "no class sub-folders"),
+        ("one domain without class folders", "has no images"),
+        ("empty domain", "has no images"),
+        ("only broken files in a domain", "has no images"),
+    ],
+)
+def test_bad_dataset_layouts_are_user_errors(tmp_path, capsys, case, message):
+    root = tmp_path / "data"
+    extra: list[str] = []
+    if case == "missing folder":
+        root = tmp_path / "nowhere" / "data"
+    elif case == "missing named dataset":
+        extra = ["--data_dir", str(tmp_path / "empty")]
+    elif case == "images directly under domains":
+        make_image_folder(root, {"A": {"cat": 2}, "B": {"cat": 2}})
+        for domain in ("A", "B"):
+            (root / domain / "cat" / "0.png").rename(root / domain / "0.png")
+            for f in (root / domain / "cat").iterdir():
+                f.unlink()
+            (root / domain / "cat").rmdir()
+    elif case == "one domain without class folders":
+        make_image_folder(root, {"A": {"cat": 2}, "B": {"cat": 2}})
+        (root / "B" / "cat" / "0.png").rename(root / "B" / "x.png")
+        (root / "B" / "cat" / "1.png").unlink()
+        (root / "B" / "cat").rmdir()
+    elif case == "empty domain":
+        make_image_folder(root, {"A": {"cat": 2}, "B": {}})
+    else:
+        make_image_folder(root, {"A": {"cat": 2}, "B": {"cat": 0}})
+        (root / "B" / "cat" / "empty.png").write_bytes(b"")
+    argv = [*folder_args(root, *extra), "--output_dir", str(tmp_path / "out")]
+    if case == "missing named dataset":
+        argv[1] = "PACS"
+    with pytest.raises(SystemExit) as exc:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "done").exists()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _state_dict_file(tmp_path: Path, kind: str) -> Path:
+    import timm
+
+    from domainbed.networks.mnist_cnn import MNISTConvNet
+
+    path = tmp_path / f"{kind}.pt"
+    if kind == "other_architecture":
+        torch.save(MNISTConvNet(3).state_dict(), path)
+    else:
+        state = timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict()
+        state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+        torch.save(state, path)
+    return path
+
+
+BAD_INPUTS = [
+    (["--algorithm", "Nope"], "Valid algorithms"),
+    (["--dataset", "Nope"], "Valid datasets"),
+    (["--dataset", "./no/such/folder"], "does not exist"),
+    (["--hparams", '{"backbone": "nope"}'], "unknown backbone 'nope'. Use mnist_cnn, resnet18"),
+    (["--test_envs", "3"], "out of range"),
+    (["--test_envs", "-1"], "out of range"),
+    (["--test_envs", "0", "0"], "duplicates"),
+    (["--test_envs", "0", "1", "2"], "at least one environment"),
+    (["--hparams", "{bad json"], "not valid JSON"),
+    (["--hparams", "[1, 2]"], "must be a JSON object"),
+    (["--algorithm", "ERM_FTLP", "--hparams", '{"ftlp_lamda": 0.1}'], "ftlp_lambda"),
+    (["--hparams", '{"lr": 0.1, "batchsize": 8}'], "unknown hparam(s) batchsize"),
+    (["--skip_model_save", "--save_model_every_checkpoint"], "contradict"),
+    (["--precision", "bf16", "--hparams", '{"precision": "fp32"}'], "conflicts"),
+    (["--task", "domain_adaptation"], "needs --uda_holdout_fraction"),
+    (["--uda_holdout_fraction", "0.3"], "only applies"),
+    (["--steps", "0"], "must be positive"),
+    (["--checkpoint_freq", "-2"], "must be positive"),
+    (["--steps", "ten"], "invalid int value"),
+    (["--hparams", '{"pretrained": true}'], "mnist_cnn has no pretrained weights"),
+    (["--hparams", '{"backbone": "resnet18", "pretrained": true}', "--weights", "/no/such/weights.pt"],
+     "does not exist"),
+    (["--hparams", '{"backbone": "resnet18", "pretrained": true}', "--weights", "other_architecture"],
+     "do not fit this backbone: missing ['bn1.bias'"),
+    (["--hparams", '{"backbone": "resnet18", "pretrained": true}', "--weights", "wrong_shape"],
+     "conv1.weight: backbone (64, 3, 7, 7) vs file (64, 3, 3, 3)"),
+]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append((["--device", "cuda"], "no CUDA GPU is visible"))
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS, ids=[" ".join(a)[:60] for a, _ in BAD_INPUTS])
+def test_bad_input_exits_2_with_message_and_no_traceback(tmp_path, capsys, argv, message):
+    argv = [_state_dict_file(tmp_path, a) if a in ("other_architecture", "wrong_shape") else a for a in argv]
+    out = tmp_path / "x"
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--dataset", "Debug28", "--output_dir", str(out), "--steps", "2", *map(str, argv)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert message.lower() in err.lower() and "Traceback" not in err, err
+    assert not (out / "done").exists() and not (out / "results.jsonl").exists()
+
+
+def test_user_error_from_the_command_line_has_no_traceback(tmp_path):
+    """Real ``python -m`` processes: the message reaches stderr (and err.txt), no traceback."""
+    out = tmp_path / "x"
+    cmd = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", "Debug28", "--output_dir", str(out),
+           "--hparams", '{"backbone": "nope"}']
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2
+    assert "error: unknown backbone 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "unknown backbone" in (out / "err.txt").read_text()
+
+
+def test_resume_with_other_arguments_is_refused_and_keeps_results(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "a"
+    argv = ["--dataset", "Debug28", "--output_dir", str(out), "--steps", "9", "--checkpoint_freq", "2",
+            "--hparams", '{"batch_size": 4}']
+    monkeypatch.setenv(FAULT_ENV, "step:4:raise")
+    with pytest.raises(InjectedFault):
+        train.main(argv)
+    monkeypatch.delenv(FAULT_ENV)
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit) as exc:
+        train.main(argv[:-1] + ['{"batch_size": 8}'])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "different arguments (hparams:" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+class _Payload:
+    """Unpickling this would create ``marker``: proof that pickled code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_pickle_based_files_are_refused_and_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    out = tmp_path / "old"
+    out.mkdir()
+    with open(out / "checkpoint.pt", "wb") as f:  # an old pickled model with a payload
+        torch.save({"step": 3, "algorithm": torch.nn.Linear(2, 2), "extra": _Payload(marker)}, f)
+    (out / "model.pkl").write_bytes(pickle.dumps({"model": _Payload(marker)}))  # DomainBed's format: never read
+    cmd = [sys.executable, "-m", "domainbed.scripts.train", *DEBUG_ARGS, "--output_dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr
+    assert "refusing to load" in proc.stderr and "checkpoint.pt" in proc.stderr and "unrestricted pickle" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists() and not (out / "done").exists()
+    # The same for a pretrained-weights file.
+    weights = tmp_path / "weights.pt"
+    torch.save(_Payload(marker), weights)
+    from domainbed.networks.weights import WeightsError, read_state_dict
+
+    with pytest.raises(WeightsError, match="cannot load .* safely"):
+        read_state_dict(weights)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- code audits
+
+
+def _calls(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            yield node, ast.unparse(node.func)
+
+
+def test_no_shell_commands_anywhere_in_the_package():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for call, name in _calls(path):
+            shell = [k for k in call.keywords if k.arg == "shell" and not (
+                isinstance(k.value, ast.Constant) and k.value.value is False)]
+            if shell or name in ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"):
+                offenders.append(f"{path.relative_to(REPO)}:{call.lineno} {name}")
+    assert not offenders, offenders
+
+
+def test_every_load_is_pickle_free():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for call, name in _calls(path):
+            where = f"{path.relative_to(REPO)}:{call.lineno} {name}"
+            kw = {k.arg: k.value for k in call.keywords}
+            if name == "torch.load":
+                value = kw.get("weights_only")
+                if not (isinstance(value, ast.Constant) and value.value is True):
+                    offenders.append(where + " without weights_only=True")
+            elif name.split(".")[-1] in ("load", "loads", "Unpickler") and name.split(".")[0] in (
+                    "pickle", "cPickle", "dill", "joblib", "cloudpickle"):
+                offenders.append(where)
+            elif name in ("pd.read_pickle", "pandas.read_pickle"):
+                offenders.append(where)
+            elif "allow_pickle" in kw and not (isinstance(kw["allow_pickle"], ast.Constant)
+                                               and kw["allow_pickle"].value is False):
+                offenders.append(where + " allow_pickle")
+    assert not offenders, offenders
+
+
+# ----------------------------------------------------------------------------- sweep input
+
+
+@pytest.mark.parametrize("flag", ["--datasets", "--algorithms"])
+def test_sweep_rejects_names_that_are_paths_out_of_the_sweep(tmp_path, flag):
+    from domainbed.scripts import sweep
+
+    argv = ["status", *sweep_argv(tmp_path / "sweep")]
+    argv[argv.index(flag) + 1] = "../../evil"
+    with pytest.raises(SystemExit, match="unknown (dataset|algorithm)"):
+        sweep.main(argv)
+    assert not (tmp_path / "evil").exists() and not (tmp_path.parent / "evil").exists()
+
+
+def test_sweep_job_folders_stay_inside_the_sweep_for_any_dataset_path(tmp_path):
+    from domainbed.scripts import sweep
+
+    make_image_folder(tmp_path / "evil", {"A": {"c": 1}, "B": {"c": 1}})
+    (tmp_path / "deep").mkdir()
+    sweep_dir = tmp_path / "deep" / "sweep"
+    argv = ["status", *sweep_argv(sweep_dir)]
+    argv[argv.index("--datasets") + 1] = str(tmp_path / "deep" / ".." / ".." / tmp_path.name / "evil")
+    argv[argv.index("--algorithms") + 1] = "ERM"
+    jobs = sweep.build_jobs(sweep.parse_args(argv))
+    assert jobs
+    for job in jobs:
+        assert job.output_dir.resolve().parent == sweep_dir.resolve()
+        assert len(job.output_dir.name) == 32 and int(job.output_dir.name, 16) >= 0
+
+
+def test_unknown_launcher_lists_valid_names(tmp_path):
+    from domainbed.command_launchers import launcher_names
+    from domainbed.scripts import sweep
+
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["launch", *sweep_argv(tmp_path / "sweep"), "--command_launcher", "nope"])
+    message = str(exc.value.code)
+    assert "unknown command launcher 'nope'" in message and "launchers: " + ", ".join(launcher_names()) in message
+    assert not (tmp_path / "sweep").exists()
