@@ -7,7 +7,7 @@ domains for every configuration, on synthetic data (random tensors already on th
     a_domainbed_erm  ERM as DomainBed-style code trains it: fp32, NCHW, plain Adam, and a
                      host sync every step (``.item()`` on the loss, as DomainBed's loop does)
     b_erm            our ERM with the package defaults (CUDA: bf16 autocast, channels_last,
-                     fused Adam; CPU: fp32), logs accumulated on the device, read once
+                     fused Adam; CPU: fp32, channels_last), logs kept on the device, read once
     c_erm_ftlp       our ERM_FTLP, default FT-LP hparams
     d_miro           MIRO through our code (FT-LP's prior module on stem + stage features)
     e_naive_ftlp     FT-LP written the usual way (defined below): an fp32 prior with autocast
@@ -17,8 +17,13 @@ domains for every configuration, on synthetic data (random tensors already on th
 Ratios are taken against (b): ``ftlp_over_erm = t(c)/t(b)``, ``miro_over_erm = t(d)/t(b)``,
 ``domainbed_over_ours = t(a)/t(b)`` and ``naive_over_ftlp = t(e)/t(c)``, with t the median
 over repeats of the mean step time (warm-up steps excluded; on CUDA the device is
-synchronised before each clock read). ``--ablations`` switches each optimisation on or off
-alone; the data-pipeline measurement decodes and augments real JPEG files made on the fly.
+synchronised before each clock read). The configurations are built first and their timed
+repeats interleaved, so a slow spell of a shared machine hits all of them alike. Peak
+memory is what each configuration adds (see :class:`MemoryMeter`). ``--ablations`` switches
+each optimisation alone (with (b) and (c) rebuilt as references), adds two candidate prior
+optimisations that are not in the package (BN folded into the prior; with ``--compile``, a
+compiled prior) and compares the two ways of evaluating; the data-pipeline measurement
+decodes and augments real JPEG files made on the fly, with and without a decoded cache.
 
 The last line of stdout is one JSON object with every number (also written by ``--json``).
 Weights are random (hparam ``pretrained`` false): step time does not depend on their values.
@@ -67,7 +72,9 @@ from domainbed.networks import Features  # noqa: E402
 # that needs no files.
 HPARAM_DATASET = "Debug224"
 
-QUICK = {"backbone": "resnet18", "image_size": 64, "batch": 8, "steps": 5, "warmup": 2, "repeats": 3}
+# --quick: one intra-op thread, because on a shared 2-core machine two OpenMP threads keep
+# waiting for whichever one was descheduled (measured here: 3x slower steps under load).
+QUICK = {"backbone": "resnet18", "image_size": 64, "batch": 8, "steps": 4, "warmup": 2, "repeats": 3, "threads": 1}
 FULL = {"backbone": "resnet50", "image_size": 224, "batch": 32, "steps": 30, "warmup": 10, "repeats": 3}
 
 
@@ -138,6 +145,16 @@ class FoldedPriorFTLP(ERM_FTLP):
             self.folded_bn = 0
 
 
+class CompiledPriorFTLP(ERM_FTLP):
+    """ERM_FTLP whose prior trunk is also ``torch.compile``d (the ``compile`` hparam compiles
+    only the trained featurizer). A candidate, measured with ``--compile``."""
+
+    def setup(self, device: torch.device | str | None = None) -> "CompiledPriorFTLP":
+        super().setup(device)
+        self.prior_network.trunk = torch.compile(self.prior_network.trunk)
+        return self
+
+
 # ---------------------------------------------------------------------------------------
 # Configurations
 # ---------------------------------------------------------------------------------------
@@ -150,9 +167,12 @@ class Config:
     overrides: dict[str, Any] = field(default_factory=dict)
     sync_every_step: bool = False  # .item() on every returned value at every step
     label: str = ""
+    reference: str = "b_erm"  # the configuration an ablation is compared with
 
 
-LOCAL_CLASSES: dict[str, type[Algorithm]] = {"NaiveFTLP": NaiveFTLP, "FoldedPriorFTLP": FoldedPriorFTLP}
+LOCAL_CLASSES: dict[str, type[Algorithm]] = {
+    "NaiveFTLP": NaiveFTLP, "FoldedPriorFTLP": FoldedPriorFTLP, "CompiledPriorFTLP": CompiledPriorFTLP,
+}
 DOMAINBED_STYLE = {"precision": "fp32", "channels_last": False, "fused_optimizer": False}
 
 
@@ -166,27 +186,35 @@ def main_configs() -> list[Config]:
     ]
 
 
-def ablation_configs(device: torch.device, compile_: bool, backbone: str) -> list[Config]:
-    """Each optimisation of (b) switched alone, to the opposite of its default on ``device``."""
-    cuda = device.type == "cuda"
-    conv = backbone != "mnist_cnn"
-    bf16_default = cuda
-    cl_default = cuda and conv
-    fused_default = cuda
+def ablation_configs(erm: dict[str, Any], compile_: bool) -> list[Config]:
+    """Each optimisation switched alone to the opposite of what (b) used (``erm``: its
+    measured settings, so the ablation follows the package defaults on either device),
+    plus the references (b) and (c) rebuilt in the same group."""
+    bf16 = erm["precision"] != "fp32"
+    cl, fused = erm["channels_last"], erm["fused_optimizer"]
+    onoff = lambda flag: "off" if flag else "on"  # noqa: E731
     out = [
-        Config("erm_bf16_" + ("off" if bf16_default else "on"), "ERM",
-               {"precision": "fp32" if bf16_default else "bf16"}, False, "(b) with bf16 autocast " + ("off" if bf16_default else "on")),
-        Config("erm_channels_last_" + ("off" if cl_default else "on"), "ERM",
-               {"channels_last": not cl_default}, False, "(b) with channels_last " + ("off" if cl_default else "on")),
-        Config("erm_fused_adam_" + ("off" if fused_default else "on"), "ERM",
-               {"fused_optimizer": not fused_default}, False, "(b) with fused Adam " + ("off" if fused_default else "on")),
+        Config("b_erm", "ERM", {}, False, "reference: our ERM"),
+        Config("c_erm_ftlp", "ERM_FTLP", {}, False, "reference: our ERM_FTLP", "c_erm_ftlp"),
+        Config(f"erm_bf16_{onoff(bf16)}", "ERM", {"precision": "fp32" if bf16 else "bf16"}, False,
+               f"(b) with bf16 autocast {onoff(bf16)}"),
+        Config(f"erm_channels_last_{onoff(cl)}", "ERM", {"channels_last": not cl}, False,
+               f"(b) with channels_last {onoff(cl)}"),
+        Config(f"erm_fused_adam_{onoff(fused)}", "ERM", {"fused_optimizer": not fused}, False,
+               f"(b) with fused Adam {onoff(fused)}"),
         Config("erm_sync_every_step", "ERM", {}, True, "(b) with .item() on the logs every step"),
-        Config("ftlp_prior_bn_folded", "FoldedPriorFTLP", {}, False, "(c) with BN folded into the prior's convs (candidate)"),
+        Config("ftlp_prior_fp32_no_grad", "NaiveFTLP", {}, False,
+               "(c) with the naive prior (fp32, no_grad) but no per-step sync", "c_erm_ftlp"),
+        Config("ftlp_prior_bn_folded", "FoldedPriorFTLP", {}, False,
+               "(c) with BN folded into the prior's convs (candidate, not in the package)", "c_erm_ftlp"),
     ]
     if compile_:
         out += [
             Config("erm_compile", "ERM", {"compile": True}, False, "(b) with torch.compile on the featurizer"),
-            Config("ftlp_compile", "ERM_FTLP", {"compile": True}, False, "(c) with torch.compile on the featurizer"),
+            Config("ftlp_compile", "ERM_FTLP", {"compile": True}, False,
+                   "(c) with torch.compile on the featurizer (the prior is not compiled)", "c_erm_ftlp"),
+            Config("ftlp_compile_prior_too", "CompiledPriorFTLP", {"compile": True}, False,
+                   "(c) with torch.compile on the featurizer and the prior (candidate)", "c_erm_ftlp"),
         ]
     return out
 
@@ -208,19 +236,22 @@ def _proc_status_kib(key: str) -> int | None:
 class MemoryMeter:
     """Peak memory of one configuration.
 
-    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (absolute; it
-    includes the synthetic batch, a few tens of MB). CPU: the peak resident set size of this
-    process *above* its size before the configuration was built. RSS peak is process-wide
-    and monotone, so before each configuration freed memory is handed back to the OS
-    (``malloc_trim``) and the kernel's high-water mark is reset (``/proc/self/clear_refs``,
-    Linux >= 4.0). Where that reset is refused the fallback is the growth of ``ru_maxrss``,
-    a lower bound, and ``method`` says so.
+    Both devices report what the configuration *adds* from the moment it is built: weights,
+    gradients, optimizer state, the prior and peak activations; not the synthetic batch nor
+    the other configurations alive at the time. CUDA: ``torch.cuda.max_memory_allocated``
+    (after ``reset_peak_memory_stats``) minus what was allocated before the build. CPU: the
+    peak resident set size minus the RSS before the build. RSS peak is process-wide and
+    monotone, so first freed memory is handed back to the OS (``malloc_trim``) and the
+    kernel's high-water mark is reset to the current RSS (``/proc/self/clear_refs``, Linux
+    >= 4.0). Where that reset is refused the fallback is the growth of ``ru_maxrss``, a lower
+    bound, and ``method`` says so.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.method = "cuda_max_memory_allocated" if device.type == "cuda" else "rss_hwm_delta"
+        self.method = "cuda_max_memory_allocated_delta" if device.type == "cuda" else "rss_hwm_delta"
         self._base_kib = 0
+        self._base_bytes = 0
         self._libc = None
         if device.type != "cuda":
             with contextlib.suppress(OSError):
@@ -232,6 +263,7 @@ class MemoryMeter:
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._base_bytes = torch.cuda.memory_allocated(self.device)
             return
         if self._libc is not None:
             self._libc.malloc_trim(0)
@@ -245,7 +277,7 @@ class MemoryMeter:
 
     def peak_mb(self) -> float:
         if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
+            return (torch.cuda.max_memory_allocated(self.device) - self._base_bytes) / 2**20
         if self.method == "rss_hwm_delta":
             peak = _proc_status_kib("VmHWM") or 0
         else:
@@ -269,6 +301,7 @@ class Setting:
     steps: int
     warmup: int
     repeats: int
+    precision: str = "auto"  # of our configurations (b)-(e); (a) is always fp32
 
     @property
     def images_per_step(self) -> int:
@@ -295,7 +328,8 @@ def make_batches(s: Setting, seed: int = 0) -> list[tuple[torch.Tensor, torch.Te
 def build(config: Config, s: Setting) -> Algorithm:
     name = "ERM_FTLP" if config.algorithm in LOCAL_CLASSES else config.algorithm
     hp = hparams_registry.default_hparams(name, HPARAM_DATASET)
-    hp.update({"backbone": s.backbone, "pretrained": False, "image_size": s.image_size, "batch_size": s.batch})
+    hp.update({"backbone": s.backbone, "pretrained": False, "image_size": s.image_size, "batch_size": s.batch,
+               "precision": s.precision})
     hp.update(config.overrides)
     cls = LOCAL_CLASSES.get(config.algorithm) or get_algorithm_class(config.algorithm)
     torch.manual_seed(0)
@@ -327,34 +361,29 @@ def time_prior_forward(alg: Algorithm, data: list, s: Setting) -> float:
         with alg.autocast(), torch.inference_mode():
             prior.forward_features(x, intermediates=stages)
 
-    for _ in range(max(1, s.warmup // 2)):
+    for _ in range(2):
         once()
-    synchronize(s.device)
-    t0 = time.perf_counter()
-    for _ in range(s.steps):
-        once()
-    synchronize(s.device)
-    return (time.perf_counter() - t0) / s.steps
-
-
-def measure(config: Config, s: Setting, data: list, meter: MemoryMeter, prior_forward: bool = False) -> dict[str, Any]:
-    """Build ``config``, warm it up, time ``repeats`` x ``steps`` steps; peak memory too."""
-    meter.reset()
-    t_build = time.perf_counter()
-    alg = build(config, s)
-    run_steps(alg, data, s.warmup, config.sync_every_step)
-    synchronize(s.device)
-    warm_s = time.perf_counter() - t_build
     times = []
     for _ in range(s.repeats):
         synchronize(s.device)
         t0 = time.perf_counter()
-        run_steps(alg, data, s.steps, config.sync_every_step)
+        for _ in range(s.steps):
+            once()
         synchronize(s.device)
         times.append((time.perf_counter() - t0) / s.steps)
-    peak = meter.peak_mb()
-    step = statistics.median(times)
-    result: dict[str, Any] = {
+    return statistics.median(times)
+
+
+def prepare(config: Config, s: Setting, data: list, meter: MemoryMeter) -> tuple[Algorithm, dict[str, Any]]:
+    """Build ``config`` and run its warm-up steps; the peak memory it adds is read here
+    (build + at least two steps: from the second on, Adam's state and the activations
+    coexist, which is the steady-state peak)."""
+    meter.reset()
+    t0 = time.perf_counter()
+    alg = build(config, s)
+    run_steps(alg, data, max(2, s.warmup), config.sync_every_step)
+    synchronize(s.device)
+    info: dict[str, Any] = {
         "label": config.label,
         "algorithm": config.algorithm,
         "precision": "fp32" if alg._amp_dtype is None else str(alg._amp_dtype).replace("torch.", ""),
@@ -362,20 +391,62 @@ def measure(config: Config, s: Setting, data: list, meter: MemoryMeter, prior_fo
         "fused_optimizer": bool(alg.optimizer.defaults.get("fused")),
         "compile": bool(alg.hparams.get("compile", False)),
         "sync_every_step": config.sync_every_step,
-        "step_time_s": step,
-        "step_times_s": times,
-        "steps_per_s": 1.0 / step,
-        "images_per_s": s.images_per_step / step,
-        "peak_mem_mb": peak,
-        "build_and_warmup_s": warm_s,
+        "peak_mem_mb": meter.peak_mb(),
+        "build_and_warmup_s": time.perf_counter() - t0,
     }
     if isinstance(alg, FoldedPriorFTLP):
-        result["folded_bn"] = alg.folded_bn
-    if prior_forward and hasattr(alg, "prior_network"):
-        result["prior_forward_s"] = time_prior_forward(alg, data, s)
-    del alg
+        info["folded_bn"] = alg.folded_bn
+    return alg, info
+
+
+def measure_group(configs: Sequence[Config], s: Setting, data: list, meter: MemoryMeter,
+                  prior_forward: Sequence[str] = (), tolerate_errors: bool = False) -> dict[str, dict[str, Any]]:
+    """Time ``configs`` side by side. Every configuration is built and warmed up first, then
+    the timed repeats are interleaved (round r runs ``steps`` steps of each configuration, in
+    an order rotated every round), so a slow spell of a shared machine hits all of them
+    alike instead of one. Reported: the median over rounds of the mean step time."""
+    # A throwaway primer first: one-time allocations (cuBLAS/cuDNN workspaces, oneDNN caches,
+    # thread pools) would otherwise be charged to the first configuration's memory.
+    primer = build(Config("primer", "ERM"), s)
+    run_steps(primer, data, 2, False)
+    del primer
+    built: dict[str, tuple[Config, Algorithm]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for config in configs:
+        try:
+            alg, results[config.name] = prepare(config, s, data, meter)
+            built[config.name] = (config, alg)
+        except Exception as e:  # an unsupported switch (e.g. compile without a compiler) is a result
+            if not tolerate_errors:
+                raise
+            results[config.name] = {"label": config.label, "error": f"{type(e).__name__}: {e}"[:300]}
+            print(f"  {config.name}: failed ({results[config.name]['error'][:120]})", flush=True)
+    times: dict[str, list[float]] = {name: [] for name in built}
+    order = list(built)
+    for r in range(s.repeats):
+        for name in order[r % len(order):] + order[:r % len(order)]:
+            config, alg = built[name]
+            synchronize(s.device)
+            t0 = time.perf_counter()
+            run_steps(alg, data, s.steps, config.sync_every_step)
+            synchronize(s.device)
+            times[name].append((time.perf_counter() - t0) / s.steps)
+    for name, (config, alg) in built.items():
+        step = statistics.median(times[name])
+        results[name].update({
+            "step_time_s": step,
+            "step_times_s": times[name],
+            "steps_per_s": 1.0 / step,
+            "images_per_s": s.images_per_step / step,
+        })
+        if name in prior_forward:
+            results[name]["prior_forward_s"] = time_prior_forward(alg, data, s)
+        print(f"  {name}: {1e3 * step:.1f} ms/step, +{results[name]['peak_mem_mb']:.0f} MB", flush=True)
+    built.clear()
     gc.collect()
-    return result
+    if s.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
 
 
 def measure_evaluation(s: Setting, eval_batch: int, meter: MemoryMeter) -> dict[str, Any]:
@@ -567,6 +638,16 @@ def print_table(rows: dict[str, dict[str, Any]], reference: dict[str, Any] | Non
         )
 
 
+def print_ablations(rows: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{'ablation':<26}{'ms/step':>10}{'peak MB':>10}{'vs ref':>8}  reference / what changed")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:<26}  failed: {r['error']}")
+            continue
+        print(f"{name:<26}{1e3 * r['step_time_s']:>10.1f}{r['peak_mem_mb']:>10.0f}{r.get('over_reference', float('nan')):>8.2f}"
+              f"  {r.get('reference', '')}: {r['label']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/step_time.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -579,7 +660,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help=f"untimed steps first; default {FULL['warmup']} ({QUICK['warmup']} with --quick)")
     p.add_argument("--repeats", type=int, default=None, help=f"timed repeats, median reported; default {FULL['repeats']}")
     p.add_argument("--eval_batch", type=int, default=None, help="evaluation batch of the ablation (default: hparam eval_batch_size)")
-    p.add_argument("--workers", type=int, default=None, help="loader workers per domain (default: the image datasets' N_WORKERS, as train uses)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="loader workers per domain (default: the image datasets' N_WORKERS, as train uses, "
+                        "capped so that all domains' workers together fit the CPU cores)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="autocast of our configurations (b)-(e); auto: the package default (bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's; 1 with --quick)")
     p.add_argument("--data_images", type=int, default=None, help="JPEG files per class and domain (default 8 with --quick, else 32)")
     p.add_argument("--data_batches", type=int, default=None, help="timed loader steps (default 10 with --quick, else 20)")
     p.add_argument("--json", default=None, help="also write the JSON result here")
@@ -600,7 +686,7 @@ def resolve_setting(args: argparse.Namespace) -> Setting:
     base = QUICK if args.quick else FULL
     pick = lambda key: getattr(args, key) if getattr(args, key) is not None else base[key]  # noqa: E731
     s = Setting(device, pick("backbone"), pick("image_size"), pick("batch"), args.domains, args.classes,
-                pick("steps"), pick("warmup"), pick("repeats"))
+                pick("steps"), pick("warmup"), pick("repeats"), args.precision)
     for key in ("image_size", "batch", "domains", "classes", "steps", "repeats"):
         if getattr(s, key) <= 0:
             raise SystemExit(f"--{key} must be positive, got {getattr(s, key)}")
@@ -612,6 +698,9 @@ def resolve_setting(args: argparse.Namespace) -> Setting:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     s = resolve_setting(args)
+    threads = args.threads if args.threads is not None else (QUICK["threads"] if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
     meter = MemoryMeter(s.device)
     data = make_batches(s)
     t_start = time.perf_counter()
@@ -620,10 +709,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{s.image_size} px, {s.domains} domains x {s.batch} images = {s.images_per_step} per step; "
           f"{s.warmup} warm-up + {s.repeats} x {s.steps} timed steps; memory: {meter.method}")
 
-    configs: dict[str, dict[str, Any]] = {}
-    for config in main_configs():
-        configs[config.name] = measure(config, s, data, meter, prior_forward=config.name == "c_erm_ftlp")
-        print(f"  {config.name}: {1e3 * configs[config.name]['step_time_s']:.1f} ms/step", flush=True)
+    print("Main configurations (timed side by side, repeats interleaved):")
+    configs = measure_group(main_configs(), s, data, meter, prior_forward=("c_erm_ftlp",))
     t = {k: v["step_time_s"] for k, v in configs.items()}
     m = {k: v["peak_mem_mb"] for k, v in configs.items()}
     result: dict[str, Any] = {
@@ -647,25 +734,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "warmup": s.warmup,
         "repeats": s.repeats,
         "memory_method": meter.method,
+        "torch_threads": torch.get_num_threads(),
+        "precision_setting": s.precision,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "configs": configs,
     }
-    print_table(configs, configs["b_erm"], "Main configurations (x (b): step time over our ERM)")
+    print_table(configs, configs["b_erm"], "Main configurations (x (b): step time over our ERM; peak MB: memory the configuration adds)")
 
     if args.ablations:
-        ablations: dict[str, dict[str, Any]] = {}
-        for config in ablation_configs(s.device, args.compile, s.backbone):
-            try:
-                ablations[config.name] = measure(config, s, data, meter)
-            except Exception as e:  # an unsupported switch (e.g. compile without a compiler) is a result, not a crash
-                ablations[config.name] = {"label": config.label, "error": f"{type(e).__name__}: {e}"[:300]}
-            print(f"  {config.name}: " + (f"{1e3 * ablations[config.name]['step_time_s']:.1f} ms/step"
-                                           if "error" not in ablations[config.name] else "failed"), flush=True)
-        for r in ablations.values():
-            if "error" not in r:
-                r["over_erm"] = r["step_time_s"] / t["b_erm"]
+        # A group of its own, with (b) and (c) rebuilt in it as the references.
+        print("\nAblations (timed side by side with their references):")
+        group = ablation_configs(configs["b_erm"], args.compile)
+        ablations = measure_group(group, s, data, meter, tolerate_errors=True)
+        for config in group:
+            r, ref = ablations[config.name], ablations.get(config.reference, {})
+            if "step_time_s" in r and "step_time_s" in ref:
+                r["reference"] = config.reference
+                r["over_reference"] = r["step_time_s"] / ref["step_time_s"]
         result["ablations"] = ablations
-        print_table(ablations, configs["b_erm"], "Ablations: one switch of (b) or (c) at a time")
+        print_ablations(ablations)
+        erm_c = ablations.get("erm_compile", {}).get("step_time_s")
+        for name in ("ftlp_compile", "ftlp_compile_prior_too"):
+            if erm_c and "step_time_s" in ablations.get(name, {}):
+                result[f"{name}_over_erm_compile"] = ablations[name]["step_time_s"] / erm_c
+                print(f"{name} / erm_compile: {result[f'{name}_over_erm_compile']:.3f}")
+        if erm_c:
+            result["domainbed_over_ours_compiled"] = t["a_domainbed_erm"] * ablations["b_erm"]["step_time_s"] / (
+                t["b_erm"] * erm_c)  # (a)/(b) from the main group times (b)/(b compiled) from this one
+            print(f"domainbed / our compiled ERM: {result['domainbed_over_ours_compiled']:.3f}")
         eval_batch = args.eval_batch or int(hparams_registry.default_hparams("ERM", HPARAM_DATASET)["eval_batch_size"])
         result["evaluation"] = ev = measure_evaluation(s, eval_batch, meter)
         print(f"\nEvaluation: inference_mode, batch {eval_batch}: {ev['inference_mode_large_batch']['images_per_s']:.0f} img/s; "
@@ -675,7 +772,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.skip_data:
         from domainbed.datasets.images import ImageFolderDomains
 
-        workers = ImageFolderDomains.N_WORKERS if args.workers is None else args.workers
+        cap = max(1, (os.cpu_count() or 1) // s.domains)
+        workers = min(ImageFolderDomains.N_WORKERS, cap) if args.workers is None else args.workers
         per_class = args.data_images or (8 if args.quick else 32)
         n_batches = args.data_batches or (10 if args.quick else 20)
         d = measure_data(s, workers, per_class, n_batches)
