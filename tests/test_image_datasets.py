@@ -295,3 +295,15 @@ def test_domain_pickles_for_loader_workers(tmp_path: Path) -> None:
     clone = pickle.loads(pickle.dumps(domain))
     assert clone.samples == domain.samples
     assert clone[0][0].shape == (3, 16, 16)
+
+
+def test_bad_images_met_in_loader_workers_are_counted_in_the_main_process(tmp_path: Path) -> None:
+    write_image(tmp_path / "d" / "cat" / "a.png", (250, 0, 0))
+    (tmp_path / "d" / "cat" / "b.jpg").write_bytes(np.random.RandomState(2).bytes(300))
+    domain = ImageFolderDomains(str(tmp_path), [0], SMALL)[0]
+    before = bad_image_count()
+    loader = torch.utils.data.DataLoader(domain, batch_size=2, num_workers=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (x, y), = list(loader)
+    assert x.shape[0] == 2 and bad_image_count() == before + 1

@@ -186,3 +186,10 @@ def test_ftlp_family_on_mnist_subset_with_efficientnet_prior(tmp_path, name):
         assert all(math.isfinite(r["ftlp_kl"]) for r in records)
     else:
         assert records[-1]["averaged"] is True
+
+
+def test_worker_errors_are_reported_without_their_traceback():
+    err = ValueError("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                     '  File "x.py", line 1, in f\ndomainbed.datasets.base.DatasetError: 101 images in a row failed')
+    assert train.user_message(err) == "101 images in a row failed"
+    assert train.user_message(ValueError("plain")) == "plain"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import multiprocessing
 import warnings
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -29,7 +30,9 @@ MAX_CONSECUTIVE_BAD = 100
 # are OSErrors; some plugins raise SyntaxError or ValueError on malformed headers.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
-_bad_image_total = 0
+# Shared memory, so that DataLoader workers (forked processes) add to the same counter
+# the training script reads at the end.
+_bad_image_total = multiprocessing.Value("q", 0)
 
 
 class BadImageWarning(UserWarning):
@@ -37,12 +40,9 @@ class BadImageWarning(UserWarning):
 
 
 def bad_image_count() -> int:
-    """Distinct undecodable files met so far by every :class:`ImageDomain` of this process.
-
-    DataLoader workers are separate processes: with ``num_workers > 0`` their counts stay in
-    the workers (each still warns once per file), so the main process sees only its own.
-    """
-    return _bad_image_total
+    """Undecodable files met so far by every :class:`ImageDomain` of this process and of its
+    forked DataLoader workers (a file is counted once per process that meets it)."""
+    return int(_bad_image_total.value)
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -126,10 +126,10 @@ class ImageDomain(ImageFolder):
         )
 
     def _mark_bad(self, index: int, path: str, exc: BaseException) -> None:
-        global _bad_image_total
         self._bad_indices.add(index)
         self.bad_images += 1
-        _bad_image_total += 1
+        with _bad_image_total.get_lock():
+            _bad_image_total.value += 1
         warnings.warn(
             f"could not decode {path} ({exc!r}); using another image of the same domain instead",
             BadImageWarning,

@@ -184,6 +184,16 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def user_message(e: BaseException) -> str:
+    """The message of a user error. Errors raised inside DataLoader workers come back with
+    the worker's traceback in their text; keep only the original message."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     reset_faults()
@@ -202,10 +212,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             try:
                 code = Trainer(args, out).run()
             except (ValueError, DatasetError, WeightsError) as e:
-                print(f"error: {e}", file=sys.stderr)
+                print(f"error: {user_message(e)}", file=sys.stderr)
                 raise SystemExit(2) from None
             except Diverged as e:
-                print(f"error: {e}", file=sys.stderr)
+                print(f"error: {user_message(e)}", file=sys.stderr)
                 raise SystemExit(EXIT_DIVERGED) from None
             except BaseException:
                 import traceback
@@ -215,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if code:
             raise SystemExit(code)
     except (ValueError, DatasetError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
