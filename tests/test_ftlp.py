@@ -204,3 +204,10 @@ def test_swad_state_survives_a_checkpoint_round_trip(debug28, tmp_path):
     assert ref.swad.valley.accepted_segments == resumed.swad.valley.accepted_segments
     for (k, a), b in zip(ref.eval_network().state_dict().items(), resumed.eval_network().state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
+
+
+def test_compile_hparam_compiles_featurizer_and_prior_in_place(debug28):
+    alg = make("ERM_FTLP", debug28, compile=True)
+    assert alg.featurizer.trunk._compiled_call_impl is not None
+    assert alg.prior_network.trunk._compiled_call_impl is not None
+    assert not any("_orig_mod" in k for k in alg.state_dict())

@@ -89,7 +89,9 @@ class Algorithm(nn.Module):
         if self._channels_last:
             self.to(memory_format=torch.channels_last)
         if self.hparams.get("compile", False):
-            self.featurizer = torch.compile(self.featurizer)
+            # In place, so state_dict keys do not change. It compiles the trunk's forward (the
+            # pooled-features path); timm's forward_intermediates path stays eager.
+            self.featurizer.trunk.compile()
         self.optimizer = self.configure_optimizer()
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self._amp_dtype == torch.float16)
         return self
