@@ -4,7 +4,7 @@ Kills use the ``DOMAINBED_FAULT`` hook (``domainbed.lib.checkpoint.fault_point``
 exact moments, plus SIGKILLs at random times. To keep the Python start-up cost (about 3 s
 of imports) out of every run, killed runs are forked from one "fork server" that has done
 the imports and run no torch op: each child is a real, separate process that a SIGKILL
-ends with nothing run after it. docs/failure_modes.md names the test of each failure.
+ends with nothing run after it. README.md, section "Failure modes", names the test of each failure.
 """
 
 from __future__ import annotations

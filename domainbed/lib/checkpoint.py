@@ -1,6 +1,6 @@
 """Atomic, pickle-free files: checkpoints, records and markers survive a kill at any moment.
 
-Also the fault-injection test hook :func:`fault_point` (docs/failure_modes.md): with
+Also the fault-injection test hook :func:`fault_point` (README.md, "Failure modes"): with
 ``DOMAINBED_FAULT`` unset it is one environment lookup and does nothing.
 """
 

@@ -6,7 +6,7 @@ The output directory receives ``out.txt``/``err.txt`` (copies of stdout/stderr),
 ``checkpoint.pt``: model, optimizer, scaler, RNG states and step, with no duplicated or
 partial record. SIGTERM (sent by SLURM before pre-emption) saves a checkpoint and exits 143.
 Every file is replaced atomically, so a kill at any moment loses at most the steps since
-the last checkpoint (docs/failure_modes.md lists each failure and what is kept).
+the last checkpoint (README.md, "Failure modes", lists each failure and what is kept).
 """
 
 from __future__ import annotations
