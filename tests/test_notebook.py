@@ -37,12 +37,14 @@ def test_notebook_executes_on_fixture_sweep(tmp_path, monkeypatch):
     monkeypatch.setenv("DOMAINBED_SWEEP_DIR", str(sweep))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    # "python3" resolves to the interpreter running the tests (jupyter_client swaps in sys.executable).
-    client = nbclient.NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()  # raises CellExecutionError on any failing cell
+    # Through the public runner (as `make demo` does): "python3" resolves to the
+    # interpreter running the tests (jupyter_client swaps in sys.executable).
+    from domainbed.scripts import run_notebook
+
+    executed = tmp_path / "out" / "executed.ipynb"
+    figures = run_notebook.execute(NOTEBOOK, sweep, executed, timeout=120)  # raises on a failing cell
+    assert len(figures) >= 3 and all(f.read_bytes().startswith(b"\x89PNG") for f in figures)
+    nb = nbformat.read(executed, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from domainbed.scripts import collect_results, sweep
+from domainbed.scripts import collect_results, run_notebook, sweep
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,9 +27,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                        "--command_launcher", "local", "--skip_confirmation"])
     print(f"\nSweep finished in {time.perf_counter() - start:.0f} s (exit code {code}).\n")
     print(collect_results.collect(args.output_dir, selection=["training_domain", "oracle"], fmt="text"))
-    notebook = REPO / "notebooks" / "per_domain_accuracy.ipynb"
-    print(f"Per-domain plots: DOMAINBED_SWEEP_DIR={Path(args.output_dir).resolve()} jupyter notebook {notebook}")
-    print(f"TensorBoard:      tensorboard --logdir {Path(args.output_dir).resolve()}")
+    sweep_dir = Path(args.output_dir).resolve()
+    executed = sweep_dir / "per_domain_accuracy.executed.ipynb"
+    figures = run_notebook.execute(run_notebook.DEFAULT_NOTEBOOK, sweep_dir, executed)
+    print(f"Executed notebook: {executed} (figures: {sweep_dir / 'figures'}, {len(figures)} PNG files)")
+    print(f"Point the notebook at it: DOMAINBED_SWEEP_DIR={sweep_dir} jupyter notebook {run_notebook.DEFAULT_NOTEBOOK}")
+    print(f"TensorBoard:              tensorboard --logdir {sweep_dir}")
     if code:
         raise SystemExit(code)
 

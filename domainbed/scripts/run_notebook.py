@@ -1,0 +1,63 @@
+"""Execute a notebook headless against a sweep, keep the executed copy and its figures.
+
+    python -m domainbed.scripts.run_notebook --sweep_dir demo_sweep
+
+writes ``demo_sweep/per_domain_accuracy.executed.ipynb`` and the figures it drew as
+``demo_sweep/figures/*.png``, so a sweep can be inspected without a notebook server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_NOTEBOOK = REPO / "notebooks" / "per_domain_accuracy.ipynb"
+
+
+def execute(notebook: Path, sweep_dir: Path, output: Path, timeout: int = 600) -> list[Path]:
+    """Run every cell with ``DOMAINBED_SWEEP_DIR=sweep_dir``; returns the PNG files written."""
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+    except ImportError:
+        raise SystemExit("error: executing notebooks needs the test extras: pip install -e '.[test]'") from None
+    if not sweep_dir.is_dir():
+        raise SystemExit(f"error: sweep folder {sweep_dir} does not exist; run a sweep first (e.g. make demo)")
+    nb = nbformat.read(str(notebook), as_version=4)
+    os.environ["DOMAINBED_SWEEP_DIR"] = str(sweep_dir.resolve())
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(output))
+    figures = output.parent / "figures"
+    written = []
+    for i, cell in enumerate(nb.cells):
+        for j, out in enumerate(cell.get("outputs", [])):
+            png = out.get("data", {}).get("image/png")
+            if png:
+                figures.mkdir(exist_ok=True)
+                path = figures / f"cell{i:02d}_{j}.png"
+                path.write_bytes(base64.b64decode(png))
+                written.append(path)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m domainbed.scripts.run_notebook", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweep_dir", type=Path, default=Path("demo_sweep"))
+    p.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK)
+    p.add_argument("--output", type=Path, default=None, help="default: SWEEP_DIR/<name>.executed.ipynb")
+    args = p.parse_args(argv)
+    output = args.output or args.sweep_dir / f"{args.notebook.stem}.executed.ipynb"
+    figures = execute(args.notebook, args.sweep_dir, output)
+    print(f"Executed notebook: {output}")
+    print(f"Figures: {', '.join(str(f) for f in figures) or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
