@@ -27,9 +27,10 @@ def batches(data, n=8):
     return [(data[i].x[:n], data[i].y[:n]) for i in (1, 2)]
 
 
+@pytest.mark.parametrize("encoder", ["identity", "affine"])
 @pytest.mark.parametrize("layers", ["final", "stages", "all"])
-def test_kl_and_its_gradient_are_zero_at_initialisation(debug28, layers):
-    alg = make("ERM_FTLP", debug28, ftlp_layers=layers).eval()
+def test_kl_and_its_gradient_are_zero_at_initialisation(debug28, layers, encoder):
+    alg = make("ERM_FTLP", debug28, ftlp_layers=layers, ftlp_mean_encoder=encoder).eval()
     x = debug28[1].x[:8]
     feats = alg.featurize(x)
     kl = alg.prior_divergence(x, feats)
@@ -39,9 +40,10 @@ def test_kl_and_its_gradient_are_zero_at_initialisation(debug28, layers):
     assert grads and all(g.abs().max().item() < 1e-6 for g in grads)
 
 
-def test_lambda_zero_follows_erm_exactly(debug28):
+@pytest.mark.parametrize("encoder", ["identity", "affine"])
+def test_lambda_zero_follows_erm_exactly(debug28, encoder):
     erm = make("ERM", debug28)
-    ftlp = make("ERM_FTLP", debug28, ftlp_lambda=0.0)
+    ftlp = make("ERM_FTLP", debug28, ftlp_lambda=0.0, ftlp_mean_encoder=encoder)
     for step in range(4):
         torch.manual_seed(step)
         erm.update(batches(debug28))
@@ -71,7 +73,7 @@ def test_prior_never_moves_and_is_not_optimised(debug28):
 
 
 def test_encoder_group_gets_its_lr_multiplier(debug28):
-    alg = make("ERM_FTLP", debug28, ftlp_encoder_lr_mult=10.0)
+    alg = make("ERM_FTLP", debug28, ftlp_encoder_lr_mult=10.0, ftlp_mean_encoder="affine")
     lrs = [g["lr"] for g in alg.optimizer.param_groups]
     assert lrs == [pytest.approx(1e-3), pytest.approx(1e-2)]
 
@@ -116,7 +118,7 @@ def test_learned_prior_variance_does_not_collapse():
 
 
 def test_folded_predictor_predicts_like_the_algorithm(debug28):
-    alg = make("ERM_FTLP", debug28, ftlp_lambda=1.0, ftlp_encoder_lr_mult=100.0)
+    alg = make("ERM_FTLP", debug28, ftlp_lambda=1.0, ftlp_encoder_lr_mult=100.0, ftlp_mean_encoder="affine")
     for _ in range(3):
         alg.update(batches(debug28))
     assert not torch.equal(alg.posterior_encoder.scale, torch.ones(alg.featurizer.n_outputs))
@@ -146,7 +148,7 @@ def test_swad_average_is_mean_of_step_weights(debug28):
 
 
 def test_swad_ftlp_average_has_no_prior_and_no_encoder(debug28):
-    alg = make("SWAD_FTLP", debug28, swad_n_converge=1)
+    alg = make("SWAD_FTLP", debug28, swad_n_converge=1, ftlp_mean_encoder="affine")
     for i in range(3):
         alg.update(batches(debug28))
         alg.on_step_end(i)
@@ -189,13 +191,13 @@ def test_swad_state_survives_a_checkpoint_round_trip(debug28, tmp_path):
             if i % 2 == 1:
                 alg.on_evaluation(i, {"val_loss": [3.0, 2.0, 2.5, 2.6, 2.7, 2.8][i // 2]})
 
-    ref = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2)
+    ref = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2, ftlp_mean_encoder="affine")
     run(ref, 0, 12)
-    first = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2)
+    first = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2, ftlp_mean_encoder="affine")
     run(first, 0, 7)
     atomic_torch_save({"alg": first.state_dict(), "opt": first.optimizer.state_dict()}, tmp_path / "c.pt")
     state = safe_load(tmp_path / "c.pt")
-    resumed = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2)
+    resumed = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2, ftlp_mean_encoder="affine")
     resumed.load_state_dict(state["alg"])
     resumed.optimizer.load_state_dict(state["opt"])
     run(resumed, 7, 12)
