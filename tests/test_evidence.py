@@ -22,3 +22,11 @@ def test_tables_regenerate_identically_from_committed_records(monkeypatch):
     jobs = list((EVIDENCE / "records" / "main").glob("*/results.jsonl"))
     assert len(jobs) == 42  # 7 algorithms x 2 test domains x 3 trials
     assert (EVIDENCE / "tables.md").read_text() == report.TABLES_HEADER + report.tables()
+
+
+def test_affine_encoder_tables_regenerate_identically(monkeypatch):
+    monkeypatch.chdir(REPO)
+    report = load_report_module()
+    expected = report.TABLES_HEADER.replace("records/main", "records_affine_encoder") + report.tables(
+        "docs/evidence/records_affine_encoder")
+    assert (EVIDENCE / "tables_affine_encoder.md").read_text() == expected
