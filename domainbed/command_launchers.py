@@ -108,7 +108,7 @@ class LaunchSummary:
 
 
 Launcher = Callable[[Sequence[Job], LauncherOptions], LaunchSummary]
-_LAUNCHERS: Registry[Launcher] = Registry("command launcher")
+_LAUNCHERS: Registry[Launcher] = Registry("command launcher", plural="launchers")
 
 
 def register_launcher(name: str) -> Callable[[Launcher], Launcher]:
