@@ -319,9 +319,9 @@ def test_offline_demo_sweep_is_small(fake: SimpleNamespace, monkeypatch) -> None
     monkeypatch.setattr(sweep, "dataset_environment_count", lambda name: 6)
     args = sweep.parse_args(["status", "--sweep", "offline_demo", "--data_dir", "d", "--output_dir", str(fake.out)])
     jobs = sweep.build_jobs(args)
-    assert len(jobs) == 2 * 1 * 1 * 2  # algorithms x test env {5} x hparams seed 0 x trials
+    assert len(jobs) == 2 * 1 * 1 * 3  # algorithms x test env {5} x hparams seed 0 x trials
     assert {tuple(j.train_args["test_envs"]) for j in jobs} == {(5,)}
-    assert all(j.train_args["hparams_seed"] == 0 and j.train_args["steps"] == 200 for j in jobs)
+    assert all(j.train_args["hparams_seed"] == 0 and j.train_args["steps"] == 300 for j in jobs)
 
 
 # ----------------------------------------------------------------------------- the real trainer
@@ -344,3 +344,17 @@ def test_sweep_with_the_real_trainer_on_debug28(tmp_path: Path, monkeypatch) -> 
         assert records[-1]["step"] in (2, 3)  # the last checkpoint of a 3-step run
         assert records[-1]["args"]["algorithm"] == job.train_args["algorithm"]
         assert records[-1]["args"]["test_envs"] == [0]
+
+
+def test_demo_prints_per_domain_accuracy_of_each_run(tmp_path: Path) -> None:
+    from domainbed.scripts import demo
+
+    job = tmp_path / "job"
+    job.mkdir()
+    record = {"step": 9, "env0_in_acc": 0.5, "env1_in_acc": 0.25, "env2_in_acc": 0.75,
+              "args": {"dataset": "Debug28", "algorithm": "ERM", "test_envs": [1], "hparams_seed": 0,
+                       "trial_seed": 0, "seed": 0}, "hparams": {}}
+    (job / "results.jsonl").write_text(json.dumps(record) + "\n")
+    (job / "done").write_text("done\n")
+    text = demo.per_domain_accuracy(str(tmp_path))
+    assert "ERM" in text and " 50.0 " in text and " 25.0*" in text and " 75.0 " in text

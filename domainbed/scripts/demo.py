@@ -17,6 +17,24 @@ from domainbed.scripts import collect_results, run_notebook, sweep
 REPO = Path(__file__).resolve().parents[2]
 
 
+def per_domain_accuracy(sweep_dir: str) -> str:
+    """Final accuracy of every run on every domain (test domain marked *), in percent."""
+    from domainbed.lib.records import load_records
+
+    df = load_records(sweep_dir).df
+    last = df.sort_values("step").groupby("output_dir").tail(1)
+    envs = sorted(int(c[3:-7]) for c in df.columns if c.startswith("env") and c.endswith("_in_acc"))
+    rows = []
+    for _, r in last.sort_values(["algorithm", "trial_seed"]).iterrows():
+        cells = [f"{100 * r[f'env{i}_in_acc']:5.1f}{'*' if i in r['test_envs'] else ' '}" for i in envs]
+        rows.append(f"{r['algorithm']:<10} trial {r['trial_seed']}  " + "  ".join(cells))
+    from domainbed.datasets import get_dataset_class
+
+    names = get_dataset_class(str(last["dataset"].iloc[0])).ENVIRONMENTS
+    header = f"{'':<10} {'':<7}  " + "  ".join(f"{names[i]:>5} " for i in envs)
+    return "Final accuracy per domain (in-split, %; * = test domain):\n" + header + "\n" + "\n".join(rows) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m domainbed.scripts.demo", description=__doc__)
     p.add_argument("--output_dir", default="demo_sweep")
@@ -27,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                        "--command_launcher", "local", "--skip_confirmation"])
     print(f"\nSweep finished in {time.perf_counter() - start:.0f} s (exit code {code}).\n")
     print(collect_results.collect(args.output_dir, selection=["training_domain", "oracle"], fmt="text"))
+    print(per_domain_accuracy(args.output_dir))
     sweep_dir = Path(args.output_dir).resolve()
     executed = sweep_dir / "per_domain_accuracy.executed.ipynb"
     figures = run_notebook.execute(run_notebook.DEFAULT_NOTEBOOK, sweep_dir, executed)
