@@ -92,19 +92,9 @@ class NaiveFTLP(ERM_FTLP):
         self.prior_network.float()  # undo the package's cast to the autocast dtype
         return self
 
-    def prior_divergence(self, x: torch.Tensor, feats: Features) -> torch.Tensor:
-        cfg = self.ftlp_cfg
+    def prior_features(self, x: torch.Tensor) -> Features:
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            p = self.prior_network.forward_features(x.float(), intermediates=cfg.uses_stages)
-        posterior: list[torch.Tensor] = []
-        prior: list[torch.Tensor] = []
-        if cfg.uses_final:
-            posterior.append(feats.mean if feats.mean is not None else feats.final)
-            prior.append(p.final)
-        if cfg.uses_stages:
-            posterior.extend(feats.intermediates)
-            prior.extend(p.intermediates)
-        return self.prior_kl(posterior, prior)
+            return self.prior_network.forward_features(x.float(), intermediates=self.ftlp_cfg.uses_stages)
 
 
 def fold_batchnorm(module: nn.Module) -> int:

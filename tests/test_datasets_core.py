@@ -53,3 +53,16 @@ def test_unknown_dataset_lists_names():
 def test_debug_datasets():
     d = build_dataset("Debug224", None, [0], {})
     assert d.input_shape == (3, 224, 224) and len(d) == 3
+
+
+def test_labels_are_read_without_loading_inputs():
+    from torch.utils.data import Subset
+
+    from domainbed.lib.loaders import class_balanced_weights, dataset_labels
+
+    d = build_dataset("Debug28", None, [0], {})[1]
+    view = Subset(d, [5, 2, 9])
+    assert dataset_labels(view).tolist() == [int(view[i][1]) for i in range(3)]
+    w = class_balanced_weights(view)
+    counts = torch.bincount(dataset_labels(view))
+    torch.testing.assert_close(w, 1.0 / counts[dataset_labels(view)].float())

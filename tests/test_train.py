@@ -90,14 +90,20 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
     assert "Resuming from step 3" in (out / "out.txt").read_text()
 
 
-def test_sigkill_mid_run_then_resume(tmp_path):
-    out = tmp_path / "killed"
+def start_training(out: Path, checkpoint_freq: int, n_records: int) -> tuple[list[str], subprocess.Popen]:
+    """A 400-step Debug28 run in a subprocess, returned once it has written ``n_records``."""
     cmd = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", "Debug28", "--output_dir", str(out),
-           "--steps", "400", "--checkpoint_freq", "20", "--hparams", '{"batch_size": 4}']
+           "--steps", "400", "--checkpoint_freq", str(checkpoint_freq), "--hparams", '{"batch_size": 4}']
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(read_jsonl(out / "results.jsonl")) < 3:
+    while time.time() < deadline and len(read_jsonl(out / "results.jsonl")) < n_records:
         time.sleep(0.2)
+    return cmd, proc
+
+
+def test_sigkill_mid_run_then_resume(tmp_path):
+    out = tmp_path / "killed"
+    cmd, proc = start_training(out, checkpoint_freq=20, n_records=3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "done").exists()
@@ -109,12 +115,7 @@ def test_sigkill_mid_run_then_resume(tmp_path):
 
 def test_sigterm_saves_checkpoint_and_exits_143(tmp_path):
     out = tmp_path / "term"
-    cmd = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", "Debug28", "--output_dir", str(out),
-           "--steps", "400", "--checkpoint_freq", "50", "--hparams", '{"batch_size": 4}']
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(read_jsonl(out / "results.jsonl")) < 1:
-        time.sleep(0.2)
+    _, proc = start_training(out, checkpoint_freq=50, n_records=1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == train.EXIT_PREEMPTED
     assert (out / "checkpoint.pt").exists() and not (out / "done").exists()

@@ -240,11 +240,20 @@ class FTLP:
         logs["ftlp_kl"] = kl.detach()
         return loss + self.ftlp_cfg.lam * kl, logs, extras
 
+    def prior_features(self, x: torch.Tensor) -> Features:
+        """The frozen prior's features of ``x``, as plain fp32 tensors without autograd."""
+        with torch.inference_mode():  # the prior keeps no activations
+            p = self._prior_net.forward_features(x, intermediates=self.ftlp_cfg.uses_stages)
+        # Inference tensors cannot be saved for backward: one fp32 copy each (feature-sized).
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            return t.to(torch.float32, copy=True)
+
+        return Features(copy(p.final), tuple(copy(t) for t in p.intermediates))
+
     def prior_divergence(self, x: torch.Tensor, feats: Features) -> torch.Tensor:
         """Σ_l mean KL(P_l ‖ Q_l) on the features the base algorithm already computed."""
         cfg = self.ftlp_cfg
-        with torch.inference_mode():  # the prior keeps no activations
-            p = self._prior_net.forward_features(x, intermediates=cfg.uses_stages)
+        p = self.prior_features(x)
         posterior: list[torch.Tensor] = []
         prior: list[torch.Tensor] = []
         if cfg.uses_final:
@@ -253,8 +262,6 @@ class FTLP:
         if cfg.uses_stages:
             posterior.extend(feats.intermediates)
             prior.extend(p.intermediates)
-        # Inference tensors cannot be saved for backward: take plain fp32 copies (feature-sized).
-        prior = [t.float().clone() for t in prior]
         return self.prior_kl(posterior, prior)
 
     def predictive_state(self) -> dict[str, torch.Tensor]:

@@ -25,8 +25,12 @@ def is_folder_dataset(name: str) -> bool:
 
 
 def get_dataset_class(name: str) -> type[MultipleDomainDataset]:
+    """The registered class ``name``, or the image-folder dataset when ``name`` is a folder."""
     if is_folder_dataset(name):
         return ImageFolderDomains
+    if name not in dataset_names() and (os.sep in name or name.startswith((".", "~"))):
+        # A path, not a name: say so rather than listing the registered names.
+        raise DatasetError(f"dataset folder {name} does not exist (expected a ROOT/<domain>/<class>/<image> folder)")
     return _registered_class(name)
 
 

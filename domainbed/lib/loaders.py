@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from domainbed.lib.misc import seed_hash
 
@@ -39,9 +39,20 @@ class StepBatchSampler(Sampler[list[int]]):
         raise TypeError("StepBatchSampler is infinite")
 
 
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """Labels of every sample, read from the dataset's label list (``targets`` of an image
+    folder, ``y`` of in-memory domains, through ``Subset`` views) without loading inputs."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    for attr in ("targets", "y"):
+        if hasattr(dataset, attr):
+            return torch.as_tensor(getattr(dataset, attr), dtype=torch.long)
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+
+
 def class_balanced_weights(dataset: Dataset) -> torch.Tensor:
     """Per-sample weights that make every class equally likely."""
-    labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    labels = dataset_labels(dataset)
     counts = torch.bincount(labels).float()
     return 1.0 / counts[labels]
 

@@ -30,9 +30,10 @@ def set_global_seed(seed: int) -> None:
 def rng_state() -> dict[str, Any]:
     """Every RNG state a training run depends on, in a form ``torch.load(weights_only=True)`` accepts."""
     np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
     state: dict[str, Any] = {
-        "python": list(random.getstate()[1]) + [random.getstate()[2] if random.getstate()[2] is not None else -1],
-        "python_version": random.getstate()[0],
+        "python": list(py_state) + [-1 if py_gauss is None else py_gauss],
+        "python_version": py_version,
         "numpy": {
             "keys": torch.from_numpy(np_state[1].astype(np.int64)),
             "pos": int(np_state[2]),
