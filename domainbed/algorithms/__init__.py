@@ -1,9 +1,19 @@
-"""Algorithms, one file per family; importing this package registers them all."""
+"""Algorithms, one file per family; importing this package registers them all.
+
+Every module in this folder is imported (a new algorithm is one new file with
+``@register_algorithm``). Then the FT-LP rule runs once: each registered base algorithm
+that declares ``EXPOSES_FEATURES = True`` gets its ``<Name>_FTLP`` variant
+(:func:`domainbed.algorithms.ftlp.register_ftlp_variants`).
+"""
 
 from domainbed.algorithms.registry import algorithm_names, get_algorithm_class, register_algorithm
 from domainbed.algorithms.base import Algorithm
+from domainbed.lib.discovery import import_submodules
 
-# Importing a module registers its algorithms (decorator side effect), in this order.
-from domainbed.algorithms import erm, coral, swad, ftlp, miro  # noqa: E402,F401
+import_submodules(__name__, __path__, skip=("base", "registry"))
+
+from domainbed.algorithms.ftlp import register_ftlp_variants  # noqa: E402
+
+register_ftlp_variants()
 
 __all__ = ["Algorithm", "algorithm_names", "get_algorithm_class", "register_algorithm"]

@@ -35,6 +35,12 @@ class Algorithm(nn.Module):
     """Featurizer + classifier trained on a list of per-domain minibatches."""
 
     HPARAMS: ClassVar[dict[str, HParam]] = {}
+    # Traits that other code reads instead of guessing from class names.
+    # compute_loss returns extras["x"] and extras["features"]: FT-LP composes with it and
+    # the package registers a <Name>_FTLP variant automatically.
+    EXPOSES_FEATURES: ClassVar[bool] = False
+    # Set on FT-LP variants: the name of the base algorithm they add the prior to.
+    FTLP_BASE: ClassVar[str | None] = None
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, num_domains: int, hparams: Mapping[str, Any]):
         super().__init__()

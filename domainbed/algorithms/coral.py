@@ -14,6 +14,7 @@ from domainbed.lib.penalties import coral_penalty
 class CORAL(Algorithm):
     """Mean per-domain cross-entropy + ``mmd_gamma`` × mean CORAL penalty over domain pairs."""
 
+    EXPOSES_FEATURES = True
     HPARAMS = {"mmd_gamma": HParam(1.0, log_uniform(-1, 1), "weight of the CORAL penalty")}
 
     def compute_loss(self, minibatches: Minibatches) -> LossOutput:

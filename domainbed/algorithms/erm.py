@@ -12,6 +12,8 @@ from domainbed.algorithms.registry import register_algorithm
 class ERM(Algorithm):
     """Cross-entropy on the concatenation of every source domain's minibatch."""
 
+    EXPOSES_FEATURES = True
+
     def compute_loss(self, minibatches: Minibatches) -> LossOutput:
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])

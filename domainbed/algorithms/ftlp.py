@@ -16,7 +16,9 @@ point (MAP): the entropy term no longer depends on the parameters and the KL red
 ``-log Q(μ) = ½[(μ - f_0)²/σ²_Q + log σ²_Q]``, which with identity encoders and stem/stage
 features is exactly MIRO's regulariser (Cha et al., arXiv 2203.10789; see ``miro.py``).
 
-FT-LP is written once, as the :class:`FTLP` mixin; a variant is ``class X_FTLP(FTLP, X)``.
+FT-LP is written once, as the :class:`FTLP` mixin; the variant of base ``X`` is
+``class X_FTLP(FTLP, X)``, made by :func:`register_ftlp_variants` for every base that
+declares ``EXPOSES_FEATURES``.
 """
 
 from __future__ import annotations
@@ -29,10 +31,7 @@ import torch
 from torch import nn
 
 from domainbed.algorithms.base import LossOutput, Minibatches
-from domainbed.algorithms.coral import CORAL
-from domainbed.algorithms.erm import ERM
-from domainbed.algorithms.registry import register_algorithm
-from domainbed.algorithms.swad import SWAD
+from domainbed.algorithms.registry import algorithm_names, get_algorithm_class, register_algorithm
 from domainbed.hparams_registry import HParam, choice, log_uniform
 from domainbed.lib.penalties import gaussian_kl, gaussian_neg_log_prior, inverse_softplus, positive_variance
 from domainbed.networks import Features
@@ -289,16 +288,24 @@ def _name_of(parent: nn.Module, child: nn.Module) -> str:
     return next(name for name, m in parent.named_modules() if m is child)
 
 
-@register_algorithm
-class ERM_FTLP(FTLP, ERM):
-    """ERM with the FT-LP prior."""
+def make_ftlp_variant(base: type) -> type:
+    """``class <Base>_FTLP(FTLP, Base)``: the FT-LP prior added to ``base``."""
+    name = f"{base.__name__}_FTLP"
+    attrs = {"__doc__": f"{base.__name__} with the FT-LP prior.", "__module__": __name__, "__qualname__": name,
+             "FTLP_BASE": base.__name__}
+    return type(name, (FTLP, base), attrs)
 
 
-@register_algorithm
-class CORAL_FTLP(FTLP, CORAL):
-    """CORAL with the FT-LP prior."""
-
-
-@register_algorithm
-class SWAD_FTLP(FTLP, SWAD):
-    """SWAD with the FT-LP prior; the averaged model holds neither the prior nor the encoder."""
+def register_ftlp_variants() -> list[str]:
+    """The one FT-LP rule: register ``<Name>_FTLP`` for every registered algorithm that
+    declares ``EXPOSES_FEATURES`` and is not itself an FT-LP configuration (MIRO is one).
+    Idempotent; returns the names it added. Each variant is also an attribute of this module."""
+    added = []
+    for name in algorithm_names():
+        base = get_algorithm_class(name)
+        if issubclass(base, FTLP) or not getattr(base, "EXPOSES_FEATURES", False) or f"{name}_FTLP" in algorithm_names():
+            continue
+        variant = register_algorithm(make_ftlp_variant(base))
+        globals()[variant.__name__] = variant
+        added.append(variant.__name__)
+    return added
