@@ -13,41 +13,15 @@ Dataset-specific defaults come from one table, :data:`DATASET_DEFAULTS`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
+from domainbed.lib.hparam import HParam, PerFamily, Sampler, choice, log_uniform, pow2_int, uniform
 from domainbed.lib.misc import seed_hash
 
-Sampler = Callable[[np.random.RandomState], Any]
-
-
-@dataclass(frozen=True)
-class HParam:
-    """One hyper-parameter: its default and its random-search distribution."""
-
-    default: Any
-    sample: Sampler | None = None  # None: the default is also used by random search
-    help: str = ""
-
-    def draw(self, rng: np.random.RandomState) -> Any:
-        return self.default if self.sample is None else self.sample(rng)
-
-
-def log_uniform(lo: float, hi: float) -> Sampler:
-    """``10 ** U(lo, hi)``."""
-    return lambda r: float(10 ** r.uniform(lo, hi))
-
-
-def pow2_int(lo: float, hi: float) -> Sampler:
-    """``int(2 ** U(lo, hi))``, DomainBed's batch-size distribution."""
-    return lambda r: int(2 ** r.uniform(lo, hi))
-
-
-def choice(*values: Any) -> Sampler:
-    return lambda r: values[r.choice(len(values))]
-
+__all__ = ["HParam", "PerFamily", "Sampler", "choice", "log_uniform", "pow2_int", "uniform",
+           "default_hparams", "get_hparams", "hparam_specs", "random_hparams", "parse_overrides"]
 
 def _family_hparams(family: str) -> dict[str, HParam]:
     """Hparams every algorithm has; their values depend on the dataset family."""
@@ -114,8 +88,10 @@ def hparam_specs(algorithm: str, dataset: str) -> dict[str, HParam]:
     """Every hparam of ``algorithm`` on ``dataset``, with dataset defaults applied."""
     from domainbed.algorithms import get_algorithm_class
 
-    specs = _family_hparams(_dataset_family(dataset))
-    specs.update(get_algorithm_class(algorithm).hparam_specs())
+    family = _dataset_family(dataset)
+    specs = _family_hparams(family)
+    for name, spec in get_algorithm_class(algorithm).hparam_specs().items():
+        specs[name] = spec.resolve(family) if isinstance(spec, PerFamily) else spec
     for name, value in DATASET_DEFAULTS.get(dataset, {}).items():
         if name in specs:
             specs[name] = HParam(value, specs[name].sample, specs[name].help)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from domainbed.hparams_registry import HParam
+from domainbed.lib.hparam import HParam, PerFamily
 from domainbed.networks import Features, build_classifier, build_featurizer
 
 Minibatches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -34,7 +34,7 @@ def _flag(value: Any, auto: bool) -> bool:
 class Algorithm(nn.Module):
     """Featurizer + classifier trained on a list of per-domain minibatches."""
 
-    HPARAMS: ClassVar[dict[str, HParam]] = {}
+    HPARAMS: ClassVar[dict[str, HParam | PerFamily]] = {}
     # Traits that other code reads instead of guessing from class names.
     # compute_loss returns extras["x"] and extras["features"]: FT-LP composes with it and
     # the package registers a <Name>_FTLP variant automatically.
@@ -61,7 +61,7 @@ class Algorithm(nn.Module):
 
     # ------------------------------------------------------------------ hparams
     @classmethod
-    def hparam_specs(cls) -> dict[str, HParam]:
+    def hparam_specs(cls) -> dict[str, HParam | PerFamily]:
         """HPARAMS of this class and all its bases, the most derived winning."""
         specs: dict[str, HParam] = {}
         for klass in reversed(cls.__mro__):

@@ -6,7 +6,7 @@ import torch
 
 from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches, cross_entropy
 from domainbed.algorithms.registry import register_algorithm
-from domainbed.hparams_registry import HParam, log_uniform
+from domainbed.lib.hparam import HParam, log_uniform
 from domainbed.lib.penalties import coral_penalty
 
 

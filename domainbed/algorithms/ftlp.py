@@ -32,7 +32,7 @@ from torch import nn
 
 from domainbed.algorithms.base import LossOutput, Minibatches
 from domainbed.algorithms.registry import algorithm_names, get_algorithm_class, register_algorithm
-from domainbed.hparams_registry import HParam, choice, log_uniform
+from domainbed.lib.hparam import HParam, choice, log_uniform
 from domainbed.lib.penalties import gaussian_kl, gaussian_neg_log_prior, inverse_softplus, positive_variance
 from domainbed.networks import Features
 

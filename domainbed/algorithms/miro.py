@@ -12,7 +12,7 @@ from __future__ import annotations
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.ftlp import FTLP, FTLP_HPARAMS, FTLPConfig
 from domainbed.algorithms.registry import register_algorithm
-from domainbed.hparams_registry import HParam, log_uniform
+from domainbed.lib.hparam import HParam, log_uniform
 
 
 @register_algorithm

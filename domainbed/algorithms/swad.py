@@ -17,7 +17,7 @@ from torch import nn
 from domainbed.algorithms.base import Predictor
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
-from domainbed.hparams_registry import HParam
+from domainbed.lib.hparam import HParam
 from domainbed.lib.swad import SegmentAverager, recompute_bn
 
 

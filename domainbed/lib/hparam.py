@@ -1,0 +1,64 @@
+"""One hyper-parameter's declaration: its default and its random-search distribution.
+
+This module imports nothing of ours, so algorithms and datasets can declare their hparams
+where they are defined without importing the hparams registry (which merges and samples).
+Samplers take a ``numpy.random.RandomState`` and make exactly the calls DomainBed's
+distributions make, so a draw from the same seed gives the same value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+Sampler = Callable[[np.random.RandomState], Any]
+
+# Dataset families whose images are 28 px digits (DomainBed's SMALL_IMAGES): their
+# algorithms use other defaults and ranges for some hparams.
+SMALL_FAMILIES = frozenset({"mnist", "debug28"})
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyper-parameter: its default and its random-search distribution."""
+
+    default: Any
+    sample: Sampler | None = None  # None: the default is also used by random search
+    help: str = ""
+
+    def draw(self, rng: np.random.RandomState) -> Any:
+        return self.default if self.sample is None else self.sample(rng)
+
+
+@dataclass(frozen=True)
+class PerFamily:
+    """An hparam whose default and distribution differ on small digit images (28 px) and
+    on the other (image) datasets, as several of DomainBed's algorithm hparams do."""
+
+    small: HParam
+    image: HParam
+
+    def resolve(self, family: str) -> HParam:
+        return self.small if family in SMALL_FAMILIES else self.image
+
+
+def log_uniform(lo: float, hi: float) -> Sampler:
+    """``10 ** U(lo, hi)``."""
+    return lambda r: float(10 ** r.uniform(lo, hi))
+
+
+def uniform(lo: float, hi: float) -> Sampler:
+    """``U(lo, hi)``."""
+    return lambda r: float(r.uniform(lo, hi))
+
+
+def pow2_int(lo: float, hi: float) -> Sampler:
+    """``int(2 ** U(lo, hi))``, DomainBed's batch-size distribution."""
+    return lambda r: int(2 ** r.uniform(lo, hi))
+
+
+def choice(*values: Any) -> Sampler:
+    """One of ``values``, uniformly (the same draw as ``RandomState.choice(values)``)."""
+    return lambda r: values[r.choice(len(values))]
