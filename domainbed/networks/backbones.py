@@ -15,9 +15,13 @@ import torch
 from torch import nn
 
 from domainbed.networks.mnist_cnn import MNISTConvNet
-from domainbed.networks.weights import WeightsError, load_pretrained
+from domainbed.networks.weights import WeightsError, input_normalisation, load_pretrained
 
 log = logging.getLogger(__name__)
+
+# What every dataset delivers (domainbed.datasets.transforms normalises with the same values).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Friendly names to timm model names.
 TIMM_ALIASES = {"vit_b_16": "vit_base_patch16_224", "vit_b16": "vit_base_patch16_224"}
@@ -65,7 +69,25 @@ def create_trunk(name: str, input_shape: tuple[int, ...], pretrained: bool, weig
     if pretrained:
         path = load_pretrained(trunk, name if name in ("resnet18", "resnet50") else timm_name, weights_path)
         log.info("loaded pretrained weights for %s from %s", name, path)
+        # Read by the Featurizer: the input scaling these weights were trained with.
+        trunk.expected_input = input_normalisation(path)
     return trunk
+
+
+class InputRescale(nn.Module):
+    """Maps ImageNet-normalised inputs (what datasets deliver) to the scaling a weight file
+    expects: ``x' = ((x σ_in + μ_in) − μ_w) / σ_w``, a fixed per-channel affine map."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        m_in, s_in = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        m_w, s_w = torch.tensor(mean), torch.tensor(std)
+        # Not persistent: derived from the weight file, so checkpoints stay as they were.
+        self.register_buffer("scale", (s_in / s_w).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("shift", ((m_in - m_w) / s_w).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
 
 
 class Featurizer(nn.Module):
@@ -78,17 +100,22 @@ class Featurizer(nn.Module):
     def __init__(self, trunk: nn.Module, dropout: float = 0.0, freeze_bn: bool = False):
         super().__init__()
         self.trunk = trunk
+        expected = getattr(trunk, "expected_input", None)
+        self.input_rescale = InputRescale(*expected) if expected is not None else None
         self.n_outputs = int(trunk.num_features)
         self.dropout = nn.Dropout(dropout)
         self.freeze_bn = freeze_bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.trunk(x))
+        return self.dropout(self.trunk(self._rescale(x)))
+
+    def _rescale(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_rescale is None else self.input_rescale(x)
 
     def forward_features(self, x: torch.Tensor, intermediates: bool = False) -> Features:
         if not intermediates:
             return Features(self(x))
-        last, inter = self.trunk.forward_intermediates(x)
+        last, inter = self.trunk.forward_intermediates(self._rescale(x))
         pooled = self.trunk.forward_head(last, pre_logits=True)
         return Features(self.dropout(pooled), tuple(inter))
 

@@ -21,6 +21,8 @@ class MNISTConvNet(nn.Module):
             for cin, cout, s in widths
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
+        # As timm models describe theirs: the module whose output is each intermediate.
+        self.feature_info = [{"module": f"blocks.{i}", "num_chs": cout} for i, (_, cout, _) in enumerate(widths)]
 
     def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Same API as timm: the last feature map and the output of every block."""

@@ -27,6 +27,22 @@ TORCHVISION_URLS = {
 BUNDLED_EFFICIENTNET_LITE0 = "efficientnet-lite0-57934424.pth"
 
 
+# The input scaling each weight file was trained with, when it is not ImageNet mean/std
+# (what every dataset here delivers). The bundled EfficientNet-Lite0 file is a port of the
+# TensorFlow release, trained on inputs scaled to [-1, 1]: measured on nine skimage photos at
+# 224 px, its stem BatchNorm statistics fit [-1, 1] inputs (mean gap 0.19 running std², mean
+# |log variance ratio| 0.47) far better than ImageNet-normalised ones (0.53, 1.27: 3.5x the
+# variance it expects). benchmarks/prior_liveness.py measures what this does to the features.
+INPUT_NORMALISATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    BUNDLED_EFFICIENTNET_LITE0: ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def input_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` the weights in ``path`` expect, or None for ImageNet's own."""
+    return INPUT_NORMALISATION.get(path.name)
+
+
 class WeightsError(ValueError):
     """Pretrained weights are missing or do not fit the backbone."""
 
