@@ -168,6 +168,11 @@ def test_shuffled_prior_control_removes_per_image_information(debug28):
     ctrl, x, _ = debug_alg(debug28, ftlp_posterior="point", ftlp_control="shuffled")
     kl = ctrl.prior_divergence(x, ctrl.featurize(x))
     assert kl.item() > 0.1  # the prior's features now belong to other images of the batch
+    # The registered control arm is the same configuration under its own name.
+    h = hparams_registry.default_hparams("ERM_FTLP_ShuffledPrior", "Debug28")
+    assert "ftlp_control" not in h
+    arm = get_algorithm_class("ERM_FTLP_ShuffledPrior")(debug28.input_shape, debug28.num_classes, 2, h)
+    assert arm.ftlp_cfg.control == "shuffled" and arm.CONTROL_OF == "ERM_FTLP"
 
 
 def test_dead_channel_diagnostic_fires_only_where_the_prior_is_dead():
@@ -190,7 +195,7 @@ def test_every_base_that_exposes_features_gets_its_ftlp_variant():
         if cls.FTLP_BASE is not None:
             base = get_algorithm_class(cls.FTLP_BASE)
             assert issubclass(cls, base) and name == f"{cls.FTLP_BASE}_FTLP" and base.EXPOSES_FEATURES
-        elif cls.EXPOSES_FEATURES and name != "MIRO":
+        elif cls.EXPOSES_FEATURES and name not in ("MIRO", "ERM_FTLP_ShuffledPrior"):
             assert f"{name}_FTLP" in names, name
     assert {"ERM_FTLP", "CORAL_FTLP", "SWAD_FTLP"} <= set(names)
 

@@ -41,6 +41,8 @@ class Algorithm(nn.Module):
     EXPOSES_FEATURES: ClassVar[bool] = False
     # Set on FT-LP variants: the name of the base algorithm they add the prior to.
     FTLP_BASE: ClassVar[str | None] = None
+    # Set on control arms (e.g. a shuffled prior): the algorithm they are a control of.
+    CONTROL_OF: ClassVar[str | None] = None
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, num_domains: int, hparams: Mapping[str, Any]):
         super().__init__()

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from domainbed.algorithms.base import LossOutput, Minibatches
+from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.ftlp_config import FTLP_HPARAMS, FTLPConfig
 from domainbed.algorithms.ftlp_prior import NoiseInjector, PriorKL, sync_batchnorm_mode
 from domainbed.algorithms.registry import algorithm_names, get_algorithm_class, register_algorithm
@@ -207,6 +208,18 @@ class FTLP:
         posterior = (list(feats.intermediates) if cfg.uses_stages else []) + (
             [feats.mean if feats.mean is not None else feats.final] if cfg.uses_final else [])
         return self.prior_kl(posterior, prior)
+
+
+@register_algorithm
+class ERM_FTLP_ShuffledPrior(FTLP, ERM):
+    """Control arm of the evidence: ERM_FTLP whose KL sees the prior's features of a shuffled
+    batch (hparam ``ftlp_control = shuffled`` fixed), so it reports under its own name."""
+
+    CONTROL_OF = "ERM_FTLP"
+    HPARAMS_FIXED = ("ftlp_control",)
+
+    def ftlp_config(self) -> FTLPConfig:
+        return FTLPConfig.from_hparams({**self.hparams, "ftlp_control": "shuffled"})
 
 
 def make_ftlp_variant(base: type) -> type:
