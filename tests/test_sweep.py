@@ -208,6 +208,37 @@ def test_paired_seeds_from_a_sweep_file(fake: SimpleNamespace) -> None:
         sweep.main(["status", "--sweep", write_sweep(fake, {"paired_seeds": "yes"})])
 
 
+def test_paired_jobs_of_erm_and_erm_ftlp_start_identically(tmp_path: Path) -> None:
+    """With one paired seed, ERM and ERM_FTLP get the same classifier and featurizer init,
+    the same batches and the same torch RNG stream (the prior must not consume randomness)."""
+    import torch
+
+    from domainbed.scripts import train
+
+    argv = ["status", "--datasets", "Debug28", "--algorithms", "ERM", "ERM_FTLP", "--n_hparams", "1",
+            "--n_trials", "1", "--single_test_envs", "--test_envs_subset", "0", "--paired_seeds",
+            "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "sweep"), "--device", "cpu"]  # fmt: skip
+    starts = []
+    for job in sweep.build_jobs(sweep.parse_args(argv)):
+        args = train.build_parser().parse_args(job.argv[3:])
+        trainer = train.Trainer(args, job.output_dir)
+        trainer.setup()
+        trainer._loaders(0)
+        alg = trainer.algorithm
+        init = {f"{part}.{k}": v.clone() for part in ("featurizer", "classifier")
+                for k, v in getattr(alg, part).state_dict().items()}  # fmt: skip
+        batches = [next(iter(loader)) for loader in trainer.train_loaders]
+        rng_after_setup = torch.get_rng_state()
+        alg.update(batches)
+        starts.append((args.seed, type(alg).__name__, init, batches, rng_after_setup, torch.get_rng_state()))
+    (seed_a, name_a, init_a, batches_a, rng_a, step_a), (seed_b, name_b, init_b, batches_b, rng_b, step_b) = starts
+    assert (name_a, name_b) == ("ERM", "ERM_FTLP") and seed_a == seed_b
+    assert init_a.keys() == init_b.keys() and all(torch.equal(init_a[k], init_b[k]) for k in init_a)
+    for (xa, ya), (xb, yb) in zip(batches_a, batches_b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert torch.equal(rng_a, rng_b) and torch.equal(step_a, step_b)
+
+
 def test_job_folders_cannot_escape_the_sweep(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(sweep, "job_hash", lambda args: "../../outside")
     with pytest.raises(ValueError, match="escape"):
