@@ -169,6 +169,7 @@ def test_builds_without_any_network(tmp_path: Path, monkeypatch) -> None:
     assert sorted(p.name for p in (tmp_path / "OfflineDigits").iterdir()) == sorted(
         f"{d}-v{od.RECIPE_VERSION}-seed0-12.npz" for d in DOMAINS
     )
+    assert all((p.stat().st_mode & 0o777) == 0o644 for p in (tmp_path / "OfflineDigits").iterdir())
 
 
 def test_cache_folder_without_data_dir_and_bad_sizes(tmp_path: Path, monkeypatch) -> None:

@@ -64,6 +64,7 @@ def _write(path: Path, arrays: DigitArrays) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, x=arrays.x, y=arrays.y, source=arrays.source, version=np.int64(RECIPE_VERSION))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared data, like the images
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
