@@ -156,6 +156,89 @@ def test_job_hash_is_md5_of_sorted_args_and_ignores_output_dir_and_device(fake: 
     assert not {j.output_dir.name for j in other} & {j.output_dir.name for j in jobs_a}
 
 
+def _independent_seed(*parts: object) -> int:
+    # DomainBed's seed_hash written out again: md5 of str(tuple), as an integer, mod 2**31.
+    return int(hashlib.md5(str(parts).encode("utf-8")).hexdigest(), 16) % (2**31)
+
+
+def test_default_sweep_job_folder_is_domainbeds(fake: SimpleNamespace) -> None:
+    jobs = sweep.build_jobs(sweep.parse_args(sweep_args(fake, "status")))
+    job = next(j for j in jobs if j.train_args["algorithm"] == "CORAL" and j.train_args["test_envs"] == [1])
+    expected_args = {
+        "dataset": "Fake3", "algorithm": "CORAL", "test_envs": [1], "holdout_fraction": 0.2, "hparams_seed": 0,
+        "data_dir": str(fake.data), "task": "domain_generalization", "trial_seed": 0,
+        "seed": _independent_seed("Fake3", "CORAL", [1], 0, 0),
+    }  # fmt: skip
+    expected_dir = hashlib.md5(json.dumps(expected_args, sort_keys=True).encode("utf-8")).hexdigest()
+    assert job.output_dir.name == expected_dir
+
+
+def test_paired_seeds_ignore_the_algorithm_only(fake: SimpleNamespace) -> None:
+    extra = ("--n_hparams", "2", "--n_trials", "2", "--paired_seeds")
+    jobs = sweep.build_jobs(sweep.parse_args(sweep_args(fake, "status", *extra)))
+    assert len(jobs) == 2 * 2 * 2 * 2  # algorithms x test envs x hparams seeds x trials
+    by_key: dict[tuple, set[int]] = {}
+    for job in jobs:
+        a = job.train_args
+        assert "paired_seeds" not in a  # the trainer never sees the option, only its seed
+        assert a["seed"] == _independent_seed("Fake3", a["test_envs"], a["hparams_seed"], a["trial_seed"])
+        by_key.setdefault((tuple(a["test_envs"]), a["hparams_seed"], a["trial_seed"]), set()).add(a["seed"])
+    # One seed shared by ERM and CORAL for each (test envs, hparams seed, trial) ...
+    assert all(len(seeds) == 1 for seeds in by_key.values())
+    # ... and a different one for every other trial, hparams seed or test-env set.
+    assert len({next(iter(seeds)) for seeds in by_key.values()}) == len(by_key) == 8
+    # The algorithm stays in the job folder's hash, so paired jobs still get one folder each.
+    assert len({job.output_dir for job in jobs}) == len(jobs)
+    default = sweep.build_jobs(sweep.parse_args(sweep_args(fake, "status", *extra[:-1])))
+    erm_seeds = {j.train_args["seed"] for j in default if j.train_args["algorithm"] == "ERM"}
+    coral_seeds = {j.train_args["seed"] for j in default if j.train_args["algorithm"] == "CORAL"}
+    assert not erm_seeds & coral_seeds  # DomainBed's default: every algorithm has its own seeds
+
+
+def test_paired_seeds_from_a_sweep_file(fake: SimpleNamespace) -> None:
+    path = write_sweep(fake, {"datasets": ["Fake3"], "algorithms": ["ERM", "CORAL"], "n_hparams": 1, "n_trials": 1,
+                              "single_test_envs": True, "paired_seeds": True, "output_dir": str(fake.out)})  # fmt: skip
+    args = sweep.parse_args(["status", "--sweep", path])
+    assert args.paired_seeds
+    jobs = sweep.build_jobs(args)
+    for env in range(3):
+        seeds = {j.train_args["seed"] for j in jobs if j.train_args["test_envs"] == [env]}
+        assert seeds == {_independent_seed("Fake3", [env], 0, 0)}
+    with pytest.raises(SystemExit, match="'paired_seeds' must be true or false"):
+        sweep.main(["status", "--sweep", write_sweep(fake, {"paired_seeds": "yes"})])
+
+
+def test_paired_jobs_of_erm_and_erm_ftlp_start_identically(tmp_path: Path) -> None:
+    """With one paired seed, ERM and ERM_FTLP get the same classifier and featurizer init,
+    the same batches and the same torch RNG stream (the prior must not consume randomness)."""
+    import torch
+
+    from domainbed.scripts import train
+
+    argv = ["status", "--datasets", "Debug28", "--algorithms", "ERM", "ERM_FTLP", "--n_hparams", "1",
+            "--n_trials", "1", "--single_test_envs", "--test_envs_subset", "0", "--paired_seeds",
+            "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "sweep"), "--device", "cpu"]  # fmt: skip
+    starts = []
+    for job in sweep.build_jobs(sweep.parse_args(argv)):
+        args = train.build_parser().parse_args(job.argv[3:])
+        trainer = train.Trainer(args, job.output_dir)
+        trainer.setup()
+        trainer._loaders(0)
+        alg = trainer.algorithm
+        init = {f"{part}.{k}": v.clone() for part in ("featurizer", "classifier")
+                for k, v in getattr(alg, part).state_dict().items()}  # fmt: skip
+        batches = [next(iter(loader)) for loader in trainer.train_loaders]
+        rng_after_setup = torch.get_rng_state()
+        alg.update(batches)
+        starts.append((args.seed, type(alg).__name__, init, batches, rng_after_setup, torch.get_rng_state()))
+    (seed_a, name_a, init_a, batches_a, rng_a, step_a), (seed_b, name_b, init_b, batches_b, rng_b, step_b) = starts
+    assert (name_a, name_b) == ("ERM", "ERM_FTLP") and seed_a == seed_b
+    assert init_a.keys() == init_b.keys() and all(torch.equal(init_a[k], init_b[k]) for k in init_a)
+    for (xa, ya), (xb, yb) in zip(batches_a, batches_b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert torch.equal(rng_a, rng_b) and torch.equal(step_a, step_b)
+
+
 def test_job_folders_cannot_escape_the_sweep(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(sweep, "job_hash", lambda args: "../../outside")
     with pytest.raises(ValueError, match="escape"):

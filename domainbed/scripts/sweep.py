@@ -10,7 +10,11 @@ n_hparams)`` x trials. The test-env sets are every single env and, unless
 ``--test_envs_subset`` keeps the singles of the listed envs and the pairs that contain at
 least one of them, so leave-one-domain-out still works for the envs kept. Each job has
 ``trial_seed = trial`` and ``seed = seed_hash(dataset, algorithm, test_envs, hparams_seed,
-trial)``.
+trial)``. With ``--paired_seeds`` the seed leaves the algorithm out, ``seed_hash(dataset,
+test_envs, hparams_seed, trial)``, so the jobs of different algorithms in one trial share
+data order, augmentation and the random init of the parts they have in common: differences
+between algorithms are then paired comparisons. The default keeps DomainBed's seeds, so
+existing sweeps keep their job folders.
 
 Job folder: ``OUTPUT_DIR/<md5 hex of json.dumps(train_args, sort_keys=True)>`` where the
 hash leaves out ``output_dir`` (it is derived from the hash) and ``device`` (where a run
@@ -162,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--test_envs_subset", nargs="+", type=int, default=None, help="test envs to keep")
     ours.add_argument("--device", type=str, default=None, help="passed to train (not part of the job hash)")
     ours.add_argument("--skip_model_save", action="store_true")
+    ours.add_argument(
+        "--paired_seeds", action="store_true",
+        help="job seed independent of the algorithm (seed_hash(dataset, test_envs, hparams_seed, trial)), "
+        "so algorithms are compared on the same data order and init",
+    )
     launch = parser.add_argument_group("launchers (flags win over DOMAINBED_SLURM_* environment variables)")
     launch.add_argument("--slurm_partition", type=str, default=None)
     launch.add_argument("--slurm_time", type=int, default=None, help="minutes per job (default 1440)")
@@ -321,6 +330,13 @@ def make_job(train_args: dict[str, Any], sweep_dir: Path, train_module: str) -> 
     return Job(argv=train_command(train_module, full), output_dir=job_dir, train_args=full)
 
 
+def job_seed(dataset: str, algorithm: str, test_envs: list[int], hparams_seed: int, trial: int, paired: bool = False) -> int:
+    """The ``--seed`` of one job: DomainBed's hash, or without the algorithm when ``paired``."""
+    if paired:
+        return seed_hash(dataset, test_envs, hparams_seed, trial)
+    return seed_hash(dataset, algorithm, test_envs, hparams_seed, trial)
+
+
 def build_jobs(args: argparse.Namespace) -> list[Job]:
     """Every job of the sweep, trial-major so that partial sweeps cover whole trials first."""
     sweep_dir = Path(os.path.abspath(args.output_dir))
@@ -343,7 +359,7 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
                             "data_dir": args.data_dir,
                             "task": args.task,
                             "trial_seed": trial,
-                            "seed": seed_hash(dataset, algorithm, test_envs, hparams_seed, trial),
+                            "seed": job_seed(dataset, algorithm, test_envs, hparams_seed, trial, args.paired_seeds),
                         }
                         # Optional keys are added only when set, so default sweeps hash like DomainBed's.
                         optional = {
