@@ -10,11 +10,11 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-docs/evidence/v2/records}
 TRIALS=${1:-5}
 shift || true
-GROUPS=("ERM ERM_FTLP ERM_FTLP_ShuffledPrior MIRO" "CORAL CORAL_FTLP SWAD SWAD_FTLP")
-[ $# -gt 0 ] && GROUPS=("$*")
+ARM_GROUPS=("ERM ERM_FTLP ERM_FTLP_ShuffledPrior MIRO" "CORAL CORAL_FTLP SWAD SWAD_FTLP")
+[ $# -gt 0 ] && ARM_GROUPS=("$*")
 start=$(date +%s)
 for t in $(seq 1 "$TRIALS"); do
-  for group in "${GROUPS[@]}"; do
+  for group in "${ARM_GROUPS[@]}"; do
     # shellcheck disable=SC2086
     $PY -m domainbed.scripts.sweep launch --sweep sweeps/offline_evidence_v2.json --output_dir "$OUT" \
         --n_trials "$t" --algorithms $group --command_launcher local --skip_confirmation --no_progress
