@@ -63,7 +63,7 @@ def test_sampled_posterior_leaves_the_global_rng_alone(debug28):
     """The noise has its own generator: paired ERM and FT-LP runs keep one RNG stream."""
     make("ERM", debug28).update(batches(debug28))
     after_erm = torch.rand(3)
-    make("ERM_FTLP", debug28, ftlp_layers="all").update(batches(debug28))
+    make("ERM_FTLP", debug28, ftlp_layers="all", ftlp_posterior="sample").update(batches(debug28))
     assert torch.equal(torch.rand(3), after_erm)
 
 
@@ -84,7 +84,7 @@ def test_prior_never_moves_and_is_not_optimised(debug28):
 
 
 def test_variance_group_gets_its_lr_multiplier(debug28):
-    alg = make("ERM_FTLP", debug28, ftlp_encoder_lr_mult=10.0)
+    alg = make("ERM_FTLP", debug28, ftlp_encoder_lr_mult=10.0, ftlp_posterior="sample")
     lrs = [g["lr"] for g in alg.optimizer.param_groups]
     assert lrs == [pytest.approx(1e-3), pytest.approx(1e-2)]
 
@@ -148,7 +148,7 @@ def test_swad_average_is_mean_of_step_weights(debug28):
 
 
 def test_swad_ftlp_average_has_no_prior_and_no_variances(debug28):
-    alg = make("SWAD_FTLP", debug28, swad_n_converge=1, ftlp_layers="all")
+    alg = make("SWAD_FTLP", debug28, swad_n_converge=1, ftlp_layers="all", ftlp_posterior="sample")
     for i in range(3):
         alg.update(batches(debug28))
         alg.on_step_end(i)
@@ -179,7 +179,7 @@ def test_bad_ftlp_hparams_are_explained(debug28):
     with pytest.raises(ValueError, match="ftlp_layers must be one of"):
         make("ERM_FTLP", debug28, ftlp_layers="everything")
     with pytest.raises(ValueError, match="needs ftlp_posterior=point"):
-        make("ERM_FTLP", debug28, ftlp_prior_var="learned")
+        make("ERM_FTLP", debug28, ftlp_prior_var="learned", ftlp_posterior="sample")
 
 
 def test_swad_state_survives_a_checkpoint_round_trip(debug28, tmp_path):
@@ -193,13 +193,13 @@ def test_swad_state_survives_a_checkpoint_round_trip(debug28, tmp_path):
             if i % 2 == 1:
                 alg.on_evaluation(i, {"val_loss": [3.0, 2.0, 2.5, 2.6, 2.7, 2.8][i // 2]})
 
-    ref = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2, ftlp_layers="all")
+    ref = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2, ftlp_layers="all", ftlp_posterior="sample")
     run(ref, 0, 12)
-    first = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2, ftlp_layers="all")
+    first = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2, ftlp_layers="all", ftlp_posterior="sample")
     run(first, 0, 7)
     atomic_torch_save({"alg": first.state_dict(), "opt": first.optimizer.state_dict()}, tmp_path / "c.pt")
     state = safe_load(tmp_path / "c.pt")
-    resumed = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2, ftlp_layers="all")
+    resumed = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2, ftlp_layers="all", ftlp_posterior="sample")
     resumed.load_state_dict(state["alg"])
     resumed.optimizer.load_state_dict(state["opt"])
     run(resumed, 7, 12)

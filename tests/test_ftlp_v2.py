@@ -123,7 +123,7 @@ def debug_alg(data, **overrides):
 
 
 def test_posterior_variance_gets_gradients_from_the_task_loss_and_from_the_kl(debug28):
-    alg, x, y = debug_alg(debug28, ftlp_layers="all")
+    alg, x, y = debug_alg(debug28, ftlp_layers="all", ftlp_posterior="sample")
     feats = alg.featurize(x)
     torch.nn.functional.cross_entropy(alg.classifier(feats.final), y).backward()
     ratios = [p for n, p in alg.prior_kl.named_parameters() if n.startswith("log_ratio")]
@@ -142,7 +142,7 @@ def test_posterior_variance_gets_gradients_from_the_task_loss_and_from_the_kl(de
 
 
 def test_noise_at_a_stage_reaches_the_later_layers(debug28):
-    alg, x, _ = debug_alg(debug28, ftlp_layers="all")
+    alg, x, _ = debug_alg(debug28, ftlp_layers="all", ftlp_posterior="sample")
     with torch.no_grad():
         clean = alg.featurizer.forward_features(x, intermediates=True)  # GroupNorm: no batch statistics
         noisy = alg.featurize(x)

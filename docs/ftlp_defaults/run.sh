@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=docs/ftlp_defaults/records
-COMMON=(--datasets ColoredMNISTSubset --n_hparams 1 --n_trials 1 --single_test_envs --test_envs_subset 2
+COMMON=(--datasets ColoredMNISTSubset --n_hparams 1 --n_trials ${TRIALS:-2} --single_test_envs --test_envs_subset 2
         --steps 300 --checkpoint_freq 50 --output_dir "$OUT" --command_launcher local --skip_confirmation --skip_model_save)
 $PY -m domainbed.scripts.sweep launch "${COMMON[@]}" --algorithms ERM
 for post in sample point; do

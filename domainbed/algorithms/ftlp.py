@@ -9,7 +9,7 @@ docs/design.md)::
     P_l(z|x) = N(f_θ,l(x), diag σ²_P,l)          posterior; σ²_P,l = σ²_Q,l · exp(s_l), s_l learned
     loss     = L_base(z) + λ · Σ_l mean_elements KL(P_l ‖ Q_l)
 
-With ``ftlp_posterior = sample`` (default) the network reads a reparameterised sample
+With ``ftlp_posterior = sample`` the network reads a reparameterised sample
 ``z_l = f_θ,l + σ_P,l ⊙ ε`` at every regularised layer during training (the mean at
 evaluation), so σ²_P gets gradients from the task loss (noise hurts it) and from the KL
 (which pulls σ²_P toward σ²_Q): every parameter of the posterior matters to prediction.
@@ -18,8 +18,9 @@ sample, and its KL is the conditional one, ``E_{z<l}[KL(P(z_l|z<l) ‖ Q(z_l|x))
 estimated with the step's one sample: by the chain rule this sums to the KL between the
 joint posterior and the prior over all regularised layers (Q's layers are independent given x).
 
-``ftlp_posterior = point`` keeps v1's form: no noise, σ²_P tied to σ²_Q, so the KL is
-``½ (f_θ − f_0)² / σ²_Q``, a feature L2 in units of the prior's spread. With a learned σ²_Q
+``ftlp_posterior = point`` (the default, chosen on development data: docs/ftlp_defaults/):
+no noise, σ²_P tied to σ²_Q, so the KL is ``½ (f_θ − f_0)² / σ²_Q``, a drift penalty in
+units of the prior's per-channel spread. With a learned σ²_Q
 (``ftlp_prior_var = learned``) the point posterior's ``−log Q(f_θ)`` is MIRO's regulariser.
 
 The prior normalises a batch as the trained network does: when the network's BatchNorm
