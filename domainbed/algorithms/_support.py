@@ -67,10 +67,3 @@ def network_parameters(algorithm: Algorithm) -> list[nn.Parameter]:
     return [p for p in algorithm.featurizer.parameters() if p.requires_grad] + [
         p for p in algorithm.classifier.parameters() if p.requires_grad
     ]
-
-
-def detached_logs(loss: torch.Tensor, logs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What ``update`` returns: detached fp32 0-dim tensors, ``loss`` first."""
-    out = {"loss": loss.detach().float()}
-    out.update({k: v.detach().float() for k, v in logs.items()})
-    return out
