@@ -15,11 +15,17 @@ def debug28():
     return build_dataset("Debug28", None, [0], {})
 
 
+# DomainBed's default SAND-mask threshold tau = 1.0 masks every component (no step at all);
+# its random search draws tau < 1, which is what this walk needs to see a parameter move.
+INERT_DEFAULTS = {"SANDMask": {"tau": 0.5}}
+
+
 @pytest.mark.parametrize("name", algorithm_names())
 def test_algorithm_updates_and_predicts(name, debug28):
     torch.manual_seed(0)
     hparams = hparams_registry.default_hparams(name, "Debug28")
     hparams["batch_size"] = 8
+    hparams.update(INERT_DEFAULTS.get(name, {}))
     alg = get_algorithm_class(name)(debug28.input_shape, debug28.num_classes, 2, hparams).setup("cpu")
     before = {k: v.detach().clone() for k, v in alg.named_parameters()}
     batches = [(debug28[i].x[:8], debug28[i].y[:8]) for i in (1, 2)]

@@ -1,0 +1,69 @@
+"""Small helpers several algorithms share: pooling per-domain minibatches, restarting Adam.
+
+A private module (its name starts with ``_``): the package does not scan it for algorithms.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from domainbed.algorithms.base import Algorithm, Minibatches
+
+
+def pool(minibatches: Minibatches) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The concatenated inputs and labels of every domain, and each domain's batch size."""
+    x = torch.cat([x for x, _ in minibatches])
+    y = torch.cat([y for _, y in minibatches])
+    return x, y, [len(y) for _, y in minibatches]
+
+
+def restart_optimizer(algorithm: Algorithm, lr: float | None = None) -> None:
+    """Replace the optimizer by a fresh one (Adam without moments).
+
+    DomainBed restarts Adam when a penalty weight jumps (IRM, VREx, Fishr, IB_*) and when
+    EQRM leaves its burn-in, because Adam's running moments do not fit the new gradient
+    scale. ``lr`` sets a new base learning rate; groups that run at a multiple of the base
+    rate (FT-LP's encoder) keep that multiple. The training loop checkpoints
+    ``algorithm.optimizer`` whichever object it is, learning rates included.
+    """
+    algorithm.optimizer = algorithm.configure_optimizer()
+    if lr is not None:
+        base = float(algorithm.hparams["lr"])
+        for group in algorithm.optimizer.param_groups:
+            group["lr"] = group["lr"] / base * lr
+
+
+class StepCounter(nn.Module):
+    """Updates done so far, kept in a buffer (``count``, in ``state_dict()``) so that a
+    resumed run switches penalties on at the same step.
+
+    A Python copy of the count answers :attr:`value`, so reading it does not wait for the
+    device; after ``load_state_dict`` the buffer is read once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self._value: int | None = 0
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
+        super()._load_from_state_dict(*args, **kwargs)
+        self._value = None
+
+    @property
+    def value(self) -> int:
+        if self._value is None:
+            self._value = int(self.count)
+        return self._value
+
+    def increment(self) -> None:
+        self._value = self.value + 1
+        self.count.fill_(self._value)
+
+
+def network_parameters(algorithm: Algorithm) -> list[nn.Parameter]:
+    """The trainable parameters of the featurizer and the classifier, in a fixed order."""
+    return [p for p in algorithm.featurizer.parameters() if p.requires_grad] + [
+        p for p in algorithm.classifier.parameters() if p.requires_grad
+    ]
