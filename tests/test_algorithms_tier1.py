@@ -293,6 +293,19 @@ def test_widen_input_conv_rejects_modules_without_convolution():
         widen_input_conv(torch.nn.Linear(2, 2), 4)
 
 
+
+TIER1 = ["IRM", "VREx", "GroupDRO", "Mixup", "MMD", "RSC", "MLDG", "DANN", "CDANN", "SagNet", "MTL", "ARM"]
+
+
+@pytest.mark.parametrize("name", TIER1)
+def test_bf16_autocast_step(debug28, name):
+    # CUDA trains in bf16 by default; CPU autocast runs the same mixed-dtype paths.
+    extra = {"grad_penalty": 0.1} if "DANN" in name else {}
+    alg = make(name, debug28, precision="bf16", **extra)
+    logs = alg.update(batches(debug28, n=4))
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in logs.values()), logs
+    assert alg.eval().predict(debug28[0].x[:4]).shape == (4, debug28.num_classes)
+
 # ---------------------------------------------------------------- resume
 @pytest.mark.parametrize("name, overrides", [
     ("IRM", {"irm_penalty_anneal_iters": 3, "irm_lambda": 50.0}),  # the switch happens after the resume
