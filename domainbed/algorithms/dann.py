@@ -125,9 +125,9 @@ class DANN(Algorithm):
         assert self.optimizer is not None and self.scaler is not None
         count = self.update_count.increment()
         h = self.hparams
-        x = torch.cat([self.prepare_input(x) for x, _ in minibatches])
-        y = torch.cat([y for _, y in minibatches]).to(self.device, non_blocking=True)
-        domains = torch.cat([torch.full((len(x),), i, dtype=torch.long) for i, (x, _) in enumerate(minibatches)])
+        x = torch.cat([self.prepare_input(xb) for xb, _ in minibatches])
+        y = torch.cat([yb for _, yb in minibatches]).to(self.device, non_blocking=True)
+        domains = torch.cat([torch.full((len(xb),), i, dtype=torch.long) for i, (xb, _) in enumerate(minibatches)])
         domains = domains.to(self.device, non_blocking=True)
         self.train()
         disc_step = is_discriminator_step(count, int(h["d_steps_per_g_step"]))

@@ -93,8 +93,8 @@ class SagNet(Algorithm):
         loss), ``loss_style`` and ``loss_adv``."""
         if self.optimizer is None:
             self.setup()
-        x = torch.cat([self.prepare_input(x) for x, _ in minibatches])
-        y = torch.cat([y for _, y in minibatches]).to(self.device, non_blocking=True)
+        x = torch.cat([self.prepare_input(xb) for xb, _ in minibatches])
+        y = torch.cat([yb for _, yb in minibatches]).to(self.device, non_blocking=True)
         self.train()
         f_params = self._featurizer_params()
         c_params = list(self.classifier.parameters())
