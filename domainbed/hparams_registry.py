@@ -7,7 +7,9 @@
 
 Hparams common to every algorithm are declared here; each algorithm declares its own in
 an ``HPARAMS`` class attribute next to its code, and subclasses inherit their bases'.
-Dataset-specific defaults come from one table, :data:`DATASET_DEFAULTS`.
+Dataset-specific distributions (DomainNet's batch size) come from :data:`DATASET_SPECS`,
+dataset-specific defaults from one table, :data:`DATASET_DEFAULTS`. Defaults and draws
+equal DomainBed's except for our own hparams (tests/test_hparams_domainbed.py lists them).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def _family_hparams(family: str) -> dict[str, HParam]:
     h: dict[str, HParam] = {
         "data_augmentation": HParam(True, help="DomainBed's training augmentation for image datasets"),
         "resnet18": HParam(False, help="DomainBed compatibility: use ResNet-18 where the backbone is resnet50"),
-        "resnet_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "dropout on the pooled features"),
+        # Declared for every dataset (so random draws match DomainBed's), applied to ResNets only.
+        "resnet_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "dropout on the pooled features of ResNet backbones"),
         "class_balanced": HParam(False, help="sample classes uniformly in each training domain"),
         "nonlinear_classifier": HParam(False, help="an MLP head instead of a linear classifier"),
         "backbone": HParam(
@@ -63,6 +66,18 @@ def _family_hparams(family: str) -> dict[str, HParam]:
     return h
 
 
+# Dataset-specific distributions (default and random draw), applied before the algorithm's
+# own hparams, so an algorithm that fixes one (ARM's batch_size) still wins, as in DomainBed.
+DATASET_SPECS: dict[str, dict[str, HParam]] = {
+    "DomainNet": {"batch_size": HParam(32, pow2_int(3, 5), "per-domain minibatch size")},
+}
+
+# Families whose lr and weight_decay we calibrated ourselves: hparams that
+# DomainBed draws exactly like lr / weight_decay (DANN's generator and discriminator rates)
+# follow the family's lr / weight_decay there instead of DomainBed's image values.
+FOLLOW_FAMILY_LR: dict[str, str] = {"lr_g": "lr", "lr_d": "lr", "weight_decay_g": "weight_decay"}
+CALIBRATED_FAMILIES = frozenset({"mnist_subset"})
+
 # The one table of dataset-specific defaults. Values apply only to hparams the algorithm has.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     # MIRO's published lambda per dataset (ResNet-50) and SWAD's VLCS tolerance.
@@ -90,8 +105,13 @@ def hparam_specs(algorithm: str, dataset: str) -> dict[str, HParam]:
 
     family = _dataset_family(dataset)
     specs = _family_hparams(family)
+    specs.update(DATASET_SPECS.get(dataset, {}))
     for name, spec in get_algorithm_class(algorithm).hparam_specs().items():
         specs[name] = spec.resolve(family) if isinstance(spec, PerFamily) else spec
+    if family in CALIBRATED_FAMILIES:
+        for name, like in FOLLOW_FAMILY_LR.items():
+            if name in specs:
+                specs[name] = HParam(specs[like].default, specs[like].sample, specs[name].help)
     for name, value in DATASET_DEFAULTS.get(dataset, {}).items():
         if name in specs:
             specs[name] = HParam(value, specs[name].sample, specs[name].help)

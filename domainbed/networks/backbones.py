@@ -138,12 +138,14 @@ def resolve_backbone_name(hparams: Mapping[str, Any]) -> str:
 
 
 def build_featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any]) -> Featurizer:
-    """The featurizer that ``hparams`` describe (backbone, pretrained, dropout, freeze_bn)."""
+    """The featurizer that ``hparams`` describe (backbone, pretrained, ResNet dropout, freeze_bn)."""
     name = resolve_backbone_name(hparams)
     trunk = create_trunk(name, input_shape, bool(hparams.get("pretrained", False)), hparams.get("weights_path") or None)
     freeze = hparams.get("freeze_bn", "auto")
     freeze_bn = _is_resnet(name) if freeze == "auto" else bool(freeze)
-    return Featurizer(trunk, float(hparams.get("resnet_dropout", 0.0)), freeze_bn)
+    # As in DomainBed, resnet_dropout applies to ResNets only (not the MNIST CNN, not timm's others).
+    dropout = float(hparams.get("resnet_dropout", 0.0)) if _is_resnet(name) else 0.0
+    return Featurizer(trunk, dropout, freeze_bn)
 
 
 def build_classifier(in_features: int, num_classes: int, nonlinear: bool = False) -> nn.Module:
