@@ -7,27 +7,35 @@ computed with the code under test.
 
 from __future__ import annotations
 
-import io
+import os
+import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from domainbed.datasets import build_dataset, get_dataset_class
-from domainbed.datasets.base import DatasetError
-from domainbed.datasets.mnist import color
-from domainbed.datasets.spawrious import SpawriousM2M_hard, SpawriousO2O_easy
-from domainbed.datasets.wilds_datasets import FMOW_CATEGORIES
+sys.path.insert(0, os.path.dirname(__file__))
+
+from fixtures_datasets import (  # noqa: E402
+    CAMELYON_ROWS,
+    FMOW_REGION,
+    FMOW_ROWS,
+    camelyon_files,
+    camelyon_path,
+    fmow_files,
+    png_bytes,
+    spawrious_files,
+    write_files,
+)
+
+from domainbed.datasets import build_dataset, get_dataset_class  # noqa: E402
+from domainbed.datasets.base import DatasetError  # noqa: E402
+from domainbed.datasets.mnist import color  # noqa: E402
+from domainbed.datasets.spawrious import SpawriousM2M_hard, SpawriousO2O_easy  # noqa: E402
+from domainbed.datasets.wilds_datasets import FMOW_CATEGORIES  # noqa: E402
 
 SMALL = {"image_size": 16}
-
-
-def png_bytes(size: int = 8, value: int = 90) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), (value, value, value)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def write(path: Path, data: bytes) -> None:
@@ -82,22 +90,14 @@ def test_sviro_reads_ten_car_domains(tmp_path):
 
 # ----------------------------------------------------------------------------- Spawrious
 
-LOCATIONS = ["beach", "desert", "dirt", "jungle", "mountain", "snow"]
 BREEDS = ["bulldog", "corgi", "dachshund", "labrador"]
-PER_FOLDER = 12
 
 
 @pytest.fixture(scope="module")
 def spawrious_root(tmp_path_factory) -> Path:
     """``spawrious224/{0,1}/<location>/<breed>/img00..img11.png`` (plus a non-image file)."""
     root = tmp_path_factory.mktemp("spaw")
-    data = png_bytes()
-    for folder in ("0", "1"):
-        for loc in LOCATIONS:
-            for breed in BREEDS:
-                for k in range(PER_FOLDER):
-                    write(root / "spawrious224" / folder / loc / breed / f"img{k:02d}.png", data)
-                (root / "spawrious224" / folder / loc / breed / "notes.txt").write_text("not an image")
+    write_files(root / "spawrious224", spawrious_files(12))
     return root
 
 
@@ -117,10 +117,8 @@ def test_spawrious_o2o_easy_domains_follow_domainbed(spawrious_root):
     small = type("SmallO2O", (SpawriousO2O_easy,), {"TOTAL": 10})
     ds = small(str(spawrious_root), [0], SMALL)
     assert ds.environments == ["Test", "SC_group_1", "SC_group_2"] and ds.num_classes == 4
-    test = [(str(f), "dirt", "bulldog", 12) for f in (0,)] + [
-        ("0", "snow", "dachshund", 12), ("0", "desert", "labrador", 12), ("0", "jungle", "corgi", 12),
-        ("1", "dirt", "bulldog", 12), ("1", "snow", "dachshund", 12), ("1", "desert", "labrador", 12), ("1", "jungle", "corgi", 12),
-    ]
+    test = [("0", "dirt", "bulldog", 12), ("0", "snow", "dachshund", 12), ("0", "desert", "labrador", 12), ("0", "jungle", "corgi", 12),
+            ("1", "dirt", "bulldog", 12), ("1", "snow", "dachshund", 12), ("1", "desert", "labrador", 12), ("1", "jungle", "corgi", 12)]
     group1 = [("0", "desert", "bulldog", 9), ("0", "jungle", "dachshund", 9), ("0", "dirt", "labrador", 9), ("0", "snow", "corgi", 9),
               ("0", "beach", "bulldog", 1), ("0", "beach", "dachshund", 1), ("0", "beach", "labrador", 1), ("0", "beach", "corgi", 1)]
     group2 = [("1", "desert", "bulldog", 8), ("1", "jungle", "dachshund", 8), ("1", "dirt", "labrador", 8), ("1", "snow", "corgi", 8),
@@ -160,32 +158,10 @@ def test_spawrious_full_size_caps_and_missing_data(spawrious_root, tmp_path):
 
 # ----------------------------------------------------------------------------- WILDS
 
-CAMELYON_ROWS = [  # patient, node, x, y, tumor, center, slide, split
-    ("004", 4, 3328, 21792, 1, 0, 0, 0),
-    ("010", 4, 3200, 22560, 0, 0, 1, 0),
-    ("021", 2, 1000, 2000, 1, 1, 10, 0),
-    ("040", 1, 50, 60, 0, 2, 20, 0),
-    ("041", 3, 70, 80, 1, 2, 21, 1),
-    ("060", 0, 90, 100, 0, 3, 30, 0),
-    ("080", 2, 110, 120, 1, 4, 40, 0),
-    ("081", 2, 130, 140, 0, 4, 41, 0),
-]
-
-
-def camelyon_path(patient: str, node: int, x: int, y: int) -> str:
-    return f"patches/patient_{patient}_node_{node}/patch_patient_{patient}_node_{node}_x_{x}_y_{y}.png"
-
-
 @pytest.fixture(scope="module")
 def camelyon_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("wilds")
-    folder = root / "camelyon17_v1.0"
-    df = pd.DataFrame(CAMELYON_ROWS, columns=["patient", "node", "x_coord", "y_coord", "tumor", "center", "slide", "split"])
-    folder.mkdir()
-    df.to_csv(folder / "metadata.csv")  # with the unnamed index column, as released
-    (folder / "RELEASE_v1.0.txt").write_text("v1.0")
-    for i, (p, n, x, y, *_rest) in enumerate(CAMELYON_ROWS):
-        write(folder / camelyon_path(p, n, x, y), png_bytes(96, 10 * i))
+    write_files(root / "camelyon17_v1.0", camelyon_files())
     return root
 
 
@@ -202,41 +178,10 @@ def test_wilds_camelyon_reads_the_wilds_layout(camelyon_root):
         build_dataset("WILDSCamelyon", str(camelyon_root / "nope"), [0], SMALL)
 
 
-FMOW_COUNTRIES = [("FRA", "Europe"), ("USA", "Americas"), ("CHN", "Asia"), ("NGA", "Africa"), ("AUS", "Oceania")]
-FMOW_ROWS = [  # split, category, country_code (ZZZ is unmapped: region Other)
-    ("seq", "zoo", "NGA"),
-    ("train", "airport", "USA"),
-    ("val", "port", "FRA"),
-    ("test", "zoo", "ZZZ"),
-    ("train", "dam", "NGA"),
-    ("seq", "barn", "USA"),
-    ("train", "multi-unit_residential", "CHN"),
-    ("test", "park", "AUS"),
-    ("train", "tower", "USA"),
-]
-# Region numbers by first appearance over all rows (the sequestered first row included).
-FMOW_REGION = {"NGA": 0, "USA": 1, "FRA": 2, "ZZZ": 3, "CHN": 4, "AUS": 5}
-
-
 @pytest.fixture(scope="module")
 def fmow_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fmow")
-    folder = root / "fmow_v1.1"
-    folder.mkdir()
-    rows = [
-        {"split": s, "img_filename": f"x{i}.jpg", "img_path": f"p/x{i}.jpg", "spatial_reference": "", "epsg": 4326,
-         "category": c, "visible": True, "img_width": 8, "img_height": 8, "country_code": cc, "cloud_cover": 0,
-         "timestamp": f"201{i % 8}-0{1 + i % 9}-01T10:00:00Z", "lat": 1.0, "lon": 2.0}
-        for i, (s, c, cc) in enumerate(FMOW_ROWS)
-    ]
-    pd.DataFrame(rows).to_csv(folder / "rgb_metadata.csv", index=False)
-    pd.DataFrame([{"name": n, "alpha-2": n[:2], "alpha-3": n, "region": r} for n, r in FMOW_COUNTRIES]).to_csv(
-        folder / "country_code_mapping.csv", index=False
-    )
-    (folder / "RELEASE_v1.1.txt").write_text("v1.1")
-    for i, (split, *_rest) in enumerate(FMOW_ROWS):
-        if split != "seq":
-            write(folder / "images" / f"rgb_img_{i}.png", png_bytes(24, 20 * i))
+    write_files(root / "fmow_v1.1", fmow_files())
     return root
 
 
