@@ -309,7 +309,8 @@ def test_dry_run_lists_steps_and_writes_nothing(tmp_path, capsys):
     download.main(["--data_dir", str(tmp_path), "--dataset", "DomainNet", "RotatedMNIST", "PACS", "--dry_run"])
     out = capsys.readouterr().out
     assert out.count("would fetch:") == 7 + 4 + 1  # six zips + the duplicate list, four MNIST files, one zip
-    assert "groundtruth/clipart.zip" in out and "domain_net_duplicates.txt" in out
+    assert "groundtruth/clipart.zip (as clipart.zip)" in out and "domain_net_duplicates.txt" in out
+    assert "(as PACS.zip) -> " + str(tmp_path / "PACS") in out
     assert str(tmp_path / "MNIST" / "raw") in out and "office" not in out
     assert list(tmp_path.iterdir()) == []
 

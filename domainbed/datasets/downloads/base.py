@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence, TypeVar
 
+from tqdm import tqdm
+
 from domainbed.lib.registry import Registry
 
 MIRROR_ENV = "DOMAINBED_DOWNLOAD_MIRROR"
@@ -78,7 +80,12 @@ class Fetcher:
                         f"{url} returned a web page instead of {source.filename} (a quota, sign-in or moved-file "
                         f"page). {self.by_hand(source)}"
                     )
-                shutil.copyfileobj(response, out, CHUNK)
+                size = int(response.headers.get("Content-Length") or 0) or None
+                # A progress bar on a terminal only (disable=None): some of these files are tens of GB.
+                with tqdm(total=size, unit="B", unit_scale=True, desc=source.filename, disable=None) as bar:
+                    while chunk := response.read(CHUNK):
+                        out.write(chunk)
+                        bar.update(len(chunk))
         except (urllib.error.URLError, OSError) as error:
             part.unlink(missing_ok=True)
             raise DownloadError(f"could not fetch {url}: {error}. {self.by_hand(source)}") from None
@@ -150,7 +157,8 @@ class Downloader:
         return Path(data_dir) / self.FOLDER
 
     def plan(self, data_dir: Path, fetcher: Fetcher) -> list[str]:
-        return [f"{fetcher.address(s)} -> {self.target(data_dir)}" for s in self.sources()]
+        # The file name is what --archive_dir and a mirror must hold.
+        return [f"{fetcher.address(s)} (as {s.filename}) -> {self.target(data_dir)}" for s in self.sources()]
 
     def run(self, data_dir: Path, fetcher: Fetcher) -> Path:
         target = self.target(data_dir)
