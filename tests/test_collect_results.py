@@ -6,6 +6,7 @@ Expected values are computed here with plain Python from the synthetic jobs of
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -27,6 +28,7 @@ from domainbed.lib.tables import (  # noqa: E402
     format_stat,
     mean_se,
     render,
+    run_domains_table,
 )
 from domainbed.model_selection import SELECTION_METHODS, prepare_records  # noqa: E402
 from domainbed.scripts import collect_results, list_top_hparams  # noqa: E402
@@ -402,3 +404,77 @@ def test_list_top_hparams(sweep, capsys):
     assert '"lr": 0.002' in td and "200 (averaged)" in td
     with pytest.raises(SystemExit, match="found: ToyA, ToyB"):
         list_top_hparams.main(["--input_dir", str(sweep[0]), "--dataset", "PACS", "--algorithm", "ERM", "--test_env", "0"])
+
+
+# ----------------------------------------------------------------------------- averages rule
+
+def _selected(rows: list[tuple[str, str, int, int, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["dataset", "algorithm", "test_env", "trial_seed", "test_acc"])
+
+
+def test_dataset_average_keeps_only_trials_with_every_domain():
+    # Trial 0 ran the 3 domains, trial 1 only two of them. DomainBed would average trial 1
+    # over its two domains (0.9) into the cell, giving (0.6 + 0.9) / 2 = 0.75; we keep trial 0.
+    selected = _selected(
+        [("D", "ERM", 0, 0, 0.5), ("D", "ERM", 1, 0, 0.6), ("D", "ERM", 2, 0, 0.7),
+         ("D", "ERM", 0, 1, 0.9), ("D", "ERM", 1, 1, 0.9),
+         ("D", "CORAL", 0, 0, 0.4), ("D", "CORAL", 1, 0, 0.4)]
+    )
+    layout = SweepLayout(["D"], {"D": ["CORAL", "ERM"]}, {"D": 3})
+    table = averages_table(selected, "t", "t", layout)
+    erm = table.row("ERM").cells[0]
+    assert (erm.mean, erm.se, erm.n) == (pytest.approx(0.6), pytest.approx(0.0), 1)
+    assert table.row("CORAL").cells[0] is None  # no complete trial: X
+    assert "counts only when it has every test domain" in table.caption
+    # Every domain was run by some algorithm, so there is no table of partial averages.
+    assert run_domains_table(selected, "t", "t", layout) is None
+
+
+def test_run_domains_table_averages_the_domains_a_sweep_ran():
+    # A PACS sweep that ran test domains A (0) and P (2) only: the full average is X, the
+    # average over A and P is printed, labelled with those domains.
+    selected = _selected(
+        [("PACS", "ERM", 0, 0, 0.80), ("PACS", "ERM", 2, 0, 0.90),
+         ("PACS", "ERM", 0, 1, 0.70), ("PACS", "ERM", 2, 1, 0.96),
+         ("PACS", "CORAL", 0, 0, 0.75)]  # CORAL's trial lacks P: left out
+    )
+    layout = SweepLayout(["PACS"], {"PACS": ["CORAL", "ERM"]}, {"PACS": 4})
+    assert averages_table(selected, "t", "t", layout).row("ERM").cells[0] is None
+    table = run_domains_table(selected, "t", "t", layout)
+    assert table.key == "t/averages_run_domains" and table.columns == ["PACS [A, P only]"]
+    trial_means = [(0.80 + 0.90) / 2, (0.70 + 0.96) / 2]
+    erm = table.row("ERM").cells[0]
+    assert erm.mean == pytest.approx(statistics.fmean(trial_means))
+    assert erm.se == pytest.approx(statistics.pstdev(trial_means) / math.sqrt(2)) and erm.n == 2
+    assert table.row("CORAL").cells[0] is None
+    assert "not comparable with averages over all domains" in render(table, "text")
+
+
+def test_collect_prints_run_domain_averages_for_a_partial_sweep(tmp_path):
+    # Only test domain env1 of ToyA was run (single-env jobs of one env, as the offline demo does).
+    jobs = [j for j in fx.build_jobs() if j.dataset == "ToyA" and j.test_envs == (1,) and j.done and j.records]
+    for job in jobs:
+        out = tmp_path / job.dirname
+        out.mkdir(parents=True)
+        (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in job.records))
+        (out / "done").write_text("done\n")
+    text = collect_results.collect(tmp_path, selection=["training_domain"])
+    assert "Averages over the test domains that were run" in text and "ToyA [env1 only]" in text
+    sel = reference_selection(jobs, "training_domain")
+    mean, se, n = expected_cell(sel, "ToyA", "ERM", 1)
+    line = next(line for line in text.split("Averages over the test domains that were run")[1].splitlines() if line.startswith("ERM "))
+    assert f"{100 * mean:.1f} +/- {100 * se:.1f}" in line
+
+
+# ----------------------------------------------------------------------------- saved tables
+
+@pytest.mark.parametrize("flag,name", [([], "results.txt"), (["--markdown"], "results.md"), (["--latex"], "results.tex")])
+def test_main_saves_the_printed_tables_in_the_sweep_folder(tmp_path, capsys, flag, name):
+    root = tmp_path / "sweep"
+    fx.write_sweep(root)
+    collect_results.main(["--input_dir", str(root), *flag])
+    captured = capsys.readouterr()
+    saved = root / name
+    assert saved.read_text() == captured.out and "Model selection" in captured.out
+    assert f"tables saved to {saved}" in captured.err
+    assert [p.name for p in root.glob("results.*")] == [name]

@@ -271,7 +271,7 @@ def test_registry_and_class_attributes() -> None:
         "PACS": (PACS, 4, 5001, 300),
         "OfficeHome": (OfficeHome, 4, 5001, 300),
         "TerraIncognita": (TerraIncognita, 4, 5001, 300),
-        "DomainNet": (DomainNet, 6, 15001, 1000),
+        "DomainNet": (DomainNet, 6, 5001, 1000),
     }
     for name, (cls, n_envs, steps, freq) in expected.items():
         assert get_dataset_class(name) is cls

@@ -70,9 +70,10 @@ def rotate(images: torch.Tensor, angle: float) -> torch.Tensor:
 
 
 def color(images: torch.Tensor, labels: torch.Tensor, flip_p: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """DomainBed's ColoredMNIST: binary label (digit >= 5) with 25% label noise; the colour
-    agrees with the noisy label except with probability ``flip_p``. Returns ``(N, 2, H, W)``."""
-    y = (labels >= 5).long()
+    """DomainBed's ColoredMNIST: binary label 1 for digits 0-4 (``digit < 5``, as DomainBed
+    sets it) with 25% label noise; the colour agrees with the noisy label except with
+    probability ``flip_p``, and colour ``c`` keeps channel ``c``. Returns ``(N, 2, H, W)``."""
+    y = (labels < 5).long()
     y = y ^ (torch.rand(len(y), generator=g) < 0.25).long()
     c = y ^ (torch.rand(len(y), generator=g) < flip_p).long()
     x = torch.stack([images, images], dim=1)

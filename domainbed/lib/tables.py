@@ -80,19 +80,48 @@ def per_domain_stats(selected: pd.DataFrame) -> pd.DataFrame:
     return _aggregate(selected, ["dataset", "algorithm", "test_env"], "test_acc")
 
 
+def _trial_average_stats(selected: pd.DataFrame, required: dict[str, Sequence[int]]) -> pd.DataFrame:
+    """Per (dataset, algorithm): for each trial seed that has every test env in
+    ``required[dataset]``, the mean over those envs; then mean ± SE over such trials."""
+    keys = ["dataset", "algorithm"]
+    if selected.empty:
+        return _aggregate(selected, keys, "trial_mean")
+    wanted = {d: set(envs) for d, envs in required.items()}
+    rows = selected[[env in wanted.get(d, ()) for d, env in zip(selected["dataset"], selected["test_env"])]]
+    if rows.empty:
+        return _aggregate(rows, keys, "trial_mean")
+    per_trial = rows.groupby([*keys, "trial_seed"], as_index=False).agg(
+        trial_mean=("test_acc", "mean"), n_test_envs=("test_env", "nunique")
+    )
+    complete = per_trial["n_test_envs"] == per_trial["dataset"].map(lambda d: len(wanted[d]))
+    return _aggregate(per_trial[complete], keys, "trial_mean")
+
+
 def dataset_average_stats(selected: pd.DataFrame, n_envs: dict[str, int]) -> pd.DataFrame:
     """Per (dataset, algorithm): for each trial seed the mean over the dataset's test envs, then mean ± SE.
 
     A trial seed missing any of the dataset's ``n_envs`` test envs is left out, so every
-    trial averages over the same domains.
+    trial averages over the same domains. (DomainBed averages whatever envs a trial has,
+    which mixes easy and hard domains differently from trial to trial; a cell with no
+    complete trial is missing here, and :func:`run_domains_stats` gives the average over
+    the domains that were run.)
     """
-    if selected.empty:
-        return _aggregate(selected, ["dataset", "algorithm"], "trial_mean")
-    per_trial = selected.groupby(["dataset", "algorithm", "trial_seed"], as_index=False).agg(
-        trial_mean=("test_acc", "mean"), n_test_envs=("test_env", "nunique")
-    )
-    complete = per_trial["n_test_envs"] == per_trial["dataset"].map(n_envs)
-    return _aggregate(per_trial[complete], ["dataset", "algorithm"], "trial_mean")
+    return _trial_average_stats(selected, {d: range(n) for d, n in n_envs.items()})
+
+
+def run_domains(selected: pd.DataFrame, n_envs: dict[str, int]) -> dict[str, list[int]]:
+    """Datasets whose selected runs cover only some of their test envs -> the envs covered."""
+    out = {}
+    for dataset, envs in selected.groupby("dataset")["test_env"]:
+        present = sorted(int(e) for e in envs.unique())
+        if len(present) < n_envs[dataset]:
+            out[dataset] = present
+    return out
+
+
+def run_domains_stats(selected: pd.DataFrame, envs: dict[str, list[int]]) -> pd.DataFrame:
+    """Like :func:`dataset_average_stats`, over ``envs[dataset]`` (the domains a sweep ran)."""
+    return _trial_average_stats(selected, envs)
 
 
 def ftlp_comparisons(algorithms: Sequence[str]) -> list[tuple[str, str]]:
@@ -210,6 +239,10 @@ CELL_NOTE = (
     "n = trials per cell, (n=k) marks a cell with fewer; X = missing."
 )
 SWAD_NOTE = "SWAD-family rows use the final averaged model."
+AVERAGE_NOTE = (
+    "A trial seed counts only when it has every test domain of the dataset; X = no such trial "
+    "(a table of averages over the domains run follows when a sweep ran only some)."
+)
 
 
 def _stat_lookup(stats: pd.DataFrame, keys: list[str]) -> dict[tuple, Stat]:
@@ -261,7 +294,7 @@ def averages_table(
     algos = sorted({a for d in layout.datasets for a in layout.algorithms[d]})
     rows = [Row.of(a, [lookup.get((d, a)) for d in layout.datasets]) for a in algos]
     head = "Averages over test domains per dataset"
-    caption = _caption(head, method_title, algos)
+    caption = _caption(head, method_title, algos) + " " + AVERAGE_NOTE
     if reference and set(layout.datasets) & set(REFERENCE_DATASETS):
         rows += reference_rows(layout.datasets)
         caption += (
@@ -271,6 +304,28 @@ def averages_table(
     elif reference:
         caption += f" No published results exist for these datasets (only {', '.join(REFERENCE_DATASETS)})."
     return Table(f"{method}/averages", caption, list(layout.datasets), rows)
+
+
+def run_domains_table(selected: pd.DataFrame, method: str, method_title: str, layout: SweepLayout) -> Table | None:
+    """For a sweep that ran only some test domains of a dataset: per-trial means over those
+    domains, labelled with them (None when every dataset's domains were all run)."""
+    envs = run_domains(selected, layout.n_envs) if not selected.empty else {}
+    if not envs:
+        return None
+    datasets = [d for d in layout.datasets if d in envs]
+    lookup = _stat_lookup(run_domains_stats(selected, envs), ["dataset", "algorithm"])
+    algos = sorted({a for d in datasets for a in layout.algorithms[d]})
+    rows = [Row.of(a, [lookup.get((d, a)) for d in datasets]) for a in algos]
+    columns = []
+    for d in datasets:
+        names = env_names(d, layout.n_envs[d])
+        columns.append(f"{d} [{', '.join(names[e] for e in envs[d])} only]")
+    head = "Averages over the test domains that were run (not every domain of these datasets)"
+    caption = (
+        _caption(head, method_title, algos) + " Per trial seed, the mean over the domains named in the column "
+        "(a trial missing one of them is left out), then mean ± SE; not comparable with averages over all domains."
+    )
+    return Table(f"{method}/averages_run_domains", caption, columns, rows)
 
 
 def gain_tables(selected: pd.DataFrame, method: str, method_title: str, layout: SweepLayout) -> list[Table]:

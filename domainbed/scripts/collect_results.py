@@ -4,20 +4,33 @@
         [--reference] [--selection training_domain leave_one_out oracle] [--include_incomplete]
 
 For each selection rule: one table per dataset (rows algorithms, columns domains + Avg),
-an averages table over datasets, and the paired FT-LP gain tables (each ``B_FTLP``
+an averages table over datasets (plus one over the domains run when a sweep ran only
+some), and the paired FT-LP gain tables (each ``B_FTLP``
 against its base ``B``, and ERM_FTLP against MIRO). Counts of skipped unfinished jobs
-and truncated lines come first, so a partial sweep is read, never a crash. Call
-:func:`collect` to get the same text in-process.
+and truncated lines come first, so a partial sweep is read, never a crash. The same text is
+saved as ``results.txt`` (``results.md``, ``results.tex``) in the sweep folder, as DomainBed
+does. Call :func:`collect` to get it in-process.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 from typing import Sequence
 
 from domainbed.lib.records import RecordLoad, load_records
-from domainbed.lib.tables import FORMATS, SweepLayout, Table, averages_table, dataset_tables, gain_tables, render
+from domainbed.lib.tables import (
+    FORMATS,
+    SweepLayout,
+    Table,
+    averages_table,
+    dataset_tables,
+    gain_tables,
+    render,
+    run_domains_table,
+)
 from domainbed.model_selection import SELECTION_METHODS, SelectionMethod, get_selection_method, prepare_records
 
 DEFAULT_SELECTION = ("training_domain", "leave_one_out", "oracle")
@@ -49,6 +62,9 @@ def method_tables(load: RecordLoad, method: SelectionMethod, reference: bool = F
     layout = SweepLayout.from_records(prepared.df)
     tables = dataset_tables(selected, method.name, method.title, layout)
     tables.append(averages_table(selected, method.name, method.title, layout, reference and method.name == "training_domain"))
+    partial = run_domains_table(selected, method.name, method.title, layout)
+    if partial is not None:
+        tables.append(partial)
     tables += gain_tables(selected, method.name, method.title, layout)
     return tables
 
@@ -103,6 +119,17 @@ def collect(
     return "\n\n".join(parts) + "\n"
 
 
+RESULT_FILES = {"text": "results.txt", "markdown": "results.md", "latex": "results.tex"}
+
+
+def save_results(input_dir: str | os.PathLike[str], text: str, fmt: str) -> Path:
+    """Write ``text`` to ``results.txt`` (``.md``, ``.tex``) in the sweep folder, as DomainBed
+    keeps its tables next to the runs."""
+    path = Path(input_dir) / RESULT_FILES[fmt]
+    path.write_text(text)
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Tabulate the results of a DomainBed sweep.")
     parser.add_argument("--input_dir", required=True, help="sweep directory (searched recursively for results.jsonl)")
@@ -122,9 +149,16 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     fmt = "markdown" if args.markdown else "latex" if args.latex else "text"
     try:
-        print(collect(args.input_dir, args.selection, fmt, args.reference, args.include_incomplete), end="")
+        text = collect(args.input_dir, args.selection, fmt, args.reference, args.include_incomplete)
     except ValueError as err:
         raise SystemExit(f"collect_results: {err}") from None
+    print(text, end="")
+    try:
+        saved = save_results(args.input_dir, text, fmt)
+    except OSError as err:  # a read-only sweep folder: the tables were printed all the same
+        print(f"collect_results: could not save the tables in {args.input_dir}: {err}", file=sys.stderr)
+    else:
+        print(f"collect_results: tables saved to {saved}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -171,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="job seed independent of the algorithm (seed_hash(dataset, test_envs, hparams_seed, trial)), "
         "so algorithms are compared on the same data order and init",
     )
+    ours.add_argument(
+        "--per_dataset", type=_json_object, default=None,
+        help='JSON {"DATASET": {"steps": N, "checkpoint_freq": N}}: values for the datasets named, '
+        "over --steps / --checkpoint_freq (pass '{}' to drop a sweep file's)",
+    )
     launch = parser.add_argument_group("launchers (flags win over DOMAINBED_SLURM_* environment variables)")
     launch.add_argument("--slurm_partition", type=str, default=None)
     launch.add_argument("--slurm_time", type=int, default=None, help="minutes per job (default 1440)")
@@ -262,7 +267,23 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--train_module must be a dotted module name like {DEFAULT_TRAIN_MODULE}, got {args.train_module!r}")
     get_launcher(args.command_launcher)
     _check_names("dataset", args.datasets, known_datasets(), is_folder_dataset)
+    _check_per_dataset(args.per_dataset or {})
     _check_names("algorithm", args.algorithms, known_algorithms(), lambda _: False)
+
+
+PER_DATASET_KEYS = ("steps", "checkpoint_freq")
+
+
+def _check_per_dataset(per_dataset: dict[str, Any]) -> None:
+    """Known dataset names mapping to ``{steps, checkpoint_freq}`` positive integers."""
+    _check_names("dataset", list(per_dataset), known_datasets(), is_folder_dataset)
+    for name, values in per_dataset.items():
+        where = f"--per_dataset {name!r}"
+        if not isinstance(values, dict) or not values or set(values) - set(PER_DATASET_KEYS):
+            raise ValueError(f"{where} must be an object with keys among {', '.join(PER_DATASET_KEYS)}, got {values!r}")
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}: {key} must be a positive integer, got {value!r}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -362,10 +383,11 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
                             "seed": job_seed(dataset, algorithm, test_envs, hparams_seed, trial, args.paired_seeds),
                         }
                         # Optional keys are added only when set, so default sweeps hash like DomainBed's.
+                        per_dataset = (args.per_dataset or {}).get(dataset, {})
                         optional = {
-                            "steps": args.steps,
+                            "steps": per_dataset.get("steps", args.steps),
                             "hparams": json.dumps(args.hparams, sort_keys=True) if args.hparams else None,
-                            "checkpoint_freq": args.checkpoint_freq,
+                            "checkpoint_freq": per_dataset.get("checkpoint_freq", args.checkpoint_freq),
                             "skip_model_save": args.skip_model_save or None,
                             "device": args.device,
                         }
