@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -276,8 +275,8 @@ def test_input_pipeline_selection(tmp_path):
 def test_train_script_runs_the_device_pipeline_on_cpu(tmp_path, capsys):
     from domainbed.scripts import train
 
-    root = jpeg_folder(tmp_path / "data", [(40, 30), (30, 40)], domains=3)
-    hparams = {"input_pipeline": "device", "backbone": "resnet18", "pretrained": False, "image_size": 32,
+    root = jpeg_folder(tmp_path / "data", [(40, 30), (30, 40)], domains=2)
+    hparams = {"input_pipeline": "device", "backbone": "resnet18", "pretrained": False, "image_size": 16,
                "batch_size": 4, "eval_batch_size": 8}
     train.main(["--dataset", str(root), "--algorithm", "ERM", "--test_envs", "0", "--steps", "2",
                 "--checkpoint_freq", "1", "--num_workers", "0", "--device", "cpu", "--skip_model_save",
