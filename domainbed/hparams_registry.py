@@ -49,6 +49,7 @@ def _family_hparams(family: str) -> dict[str, HParam]:
         "fused_optimizer": HParam("auto", help="fused Adam where the device supports it"),
         "compile": HParam(False, help="torch.compile the featurizer"),
         "eval_batch_size": HParam(256, help="batch size of evaluation (under inference_mode)"),
+        "input_pipeline": HParam("auto", help="training input pipeline: auto (device on CUDA for JPEG image folders), cpu, device"),
     }
     if small:
         h["lr"] = HParam(1e-3, log_uniform(-4.5, -2.5))

@@ -1,9 +1,10 @@
-"""CUDA checks (issue 5). Collected everywhere, run only where a CUDA GPU is visible:
+"""CUDA checks (issues 5 and 13). Collected everywhere, run only where a CUDA GPU is visible:
 
     python -m pytest -q -m cuda tests/test_cuda.py      (benchmarks/gpu_check.sh runs this)
 
 They check what CPU tests cannot: the FT-LP prior lives on the GPU in the autocast dtype,
-the bf16 path of the KL matches fp32, and evaluation and training run on the device.
+the bf16 path of the KL matches fp32, evaluation and training run on the device, and the
+device input pipeline decodes with nvJPEG, augments on the GPU and is what ``train`` picks.
 """
 
 from __future__ import annotations
@@ -121,3 +122,72 @@ def test_train_script_on_cuda(tmp_path):
     assert (out / "done").exists() and records
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["ftlp_kl"]) for r in records)
     assert 0 < records[-1]["mem_gb"] < 1000
+
+
+# ------------------------------------------------------------------ device input pipeline (issue 13)
+def _jpeg_folder(root, domains: int = 2, sizes=((96, 72), (64, 80), (120, 90))):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for d in range(domains):
+        for c in range(2):
+            folder = root / f"dom{d}" / f"cls{c}"
+            folder.mkdir(parents=True)
+            for i, (w, h) in enumerate(sizes):
+                coarse = Image.fromarray(rng.randint(0, 256, (6, 6, 3), dtype=np.uint8))
+                img = np.asarray(coarse.resize((w, h), Image.BICUBIC), dtype=np.float32)
+                img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def test_nvjpeg_batched_decode_close_to_cpu_decode(tmp_path):
+    """decode_jpeg on a list with device cuda (nvJPEG) against the CPU decoder (libjpeg):
+    the IDCT and chroma upsampling may differ, so a few grey levels, not bit for bit."""
+    from domainbed.datasets.device_pipeline import decode_images, read_for_device
+
+    files = sorted(str(p) for p in _jpeg_folder(tmp_path, domains=1).rglob("*.jpg"))
+    images = [read_for_device(f) for f in files]
+    assert all(im.encoded for im in images)
+    gpu = decode_images(images, torch.device(DEVICE))
+    cpu = decode_images(images, torch.device("cpu"))
+    for g, c in zip(gpu, cpu):
+        assert g.device.type == torch.device(DEVICE).type and g.dtype == torch.uint8 and g.shape == c.shape
+        diff = (g.cpu().int() - c.int()).abs().float()
+        print(f"nvJPEG vs libjpeg: mean {diff.mean():.3f}, max {diff.max():.0f} grey levels")
+        assert diff.mean() <= 1.5 and diff.max() <= 24
+
+
+def test_batched_augmentation_on_cuda_matches_the_cpu_run():
+    """The same pixels and parameters through the batched augmentation on the GPU and on the
+    CPU: uint8 resize rounds on each device in its own way (1 level), the rest is float."""
+    from domainbed.datasets.augment_params import draw_params, sample_generator
+    from domainbed.datasets.batched_augment import augment_batch
+    from domainbed.datasets.transforms import IMAGENET_STD
+
+    g = torch.Generator().manual_seed(0)
+    pixels = [torch.randint(0, 256, (3, 60 + 7 * i, 80 - 5 * i), dtype=torch.uint8, generator=g) for i in range(6)]
+    params = [draw_params(int(p.shape[1]), int(p.shape[2]), generator=sample_generator(i)) for i, p in enumerate(pixels)]
+    on_gpu = augment_batch([p.to(DEVICE) for p in pixels], params, 32).cpu()
+    on_cpu = augment_batch(pixels, params, 32)
+    levels = (on_gpu - on_cpu).abs() * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    print(f"batched augmentation, GPU vs CPU: mean {levels.mean():.3f}, max {levels.max():.2f} grey levels")
+    assert levels.mean() <= 0.3 and levels.max() <= 3.0
+
+
+def test_train_script_picks_the_device_pipeline_on_cuda(tmp_path, capsys):
+    import json
+
+    from domainbed.scripts import train
+
+    root = _jpeg_folder(tmp_path / "data", domains=3)
+    hparams = {"backbone": "resnet18", "pretrained": False, "image_size": 64, "batch_size": 8}
+    out = tmp_path / "run"
+    train.main(["--dataset", str(root), "--algorithm", "ERM_FTLP", "--test_envs", "0", "--steps", "3",
+                "--checkpoint_freq", "2", "--device", "cuda", "--num_workers", "1", "--output_dir", str(out),
+                "--skip_model_save", "--hparams", json.dumps(hparams)])
+    assert "Input pipeline: device" in capsys.readouterr().out  # input_pipeline auto on CUDA, JPEG folder
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert (out / "done").exists() and records
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["ftlp_kl"]) for r in records)

@@ -1,5 +1,5 @@
 """Image-folder datasets: the generic ``ROOT/<domain>/<class>/<image>`` one and the named
-DomainBed benchmarks (VLCS, PACS, OfficeHome, TerraIncognita, DomainNet), DESIGN.md §3, §5, §6.
+DomainBed benchmarks (VLCS, PACS, OfficeHome, TerraIncognita, DomainNet).
 
 Domains are the sorted sub-folders of the dataset folder; classes are the sorted union of
 class sub-folders over all domains, so a label means the same class in every domain even
@@ -19,8 +19,9 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from domainbed.datasets.augment_params import sample_generator
 from domainbed.datasets.base import DatasetError, MultipleDomainDataset, register_dataset
-from domainbed.datasets.transforms import eval_transform, train_transform
+from domainbed.datasets.transforms import TrainAugment, eval_transform, train_transform
 
 # Stop after this many undecodable files in a row: past that the domain itself is broken
 # (wrong format, failed download), and silently cycling through it would hide that.
@@ -37,6 +38,12 @@ _bad_image_total = multiprocessing.Value("q", 0)
 
 class BadImageWarning(UserWarning):
     """An image could not be decoded and was replaced by another sample of its domain."""
+
+
+def record_bad_image() -> None:
+    """Count one undecodable file (shared with forked DataLoader workers)."""
+    with _bad_image_total.get_lock():
+        _bad_image_total.value += 1
 
 
 def bad_image_count() -> int:
@@ -97,6 +104,23 @@ class ImageDomain(ImageFolder):
         return True
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
+        return self.get_seeded(index, None)
+
+    def get_seeded(self, index: int, seed: int | None) -> tuple[Any, Any]:
+        """Sample ``index`` with its augmentation drawn from a generator seeded with ``seed``
+        (the training loader passes one per sample; ``None``: torch's global generator)."""
+        image, target = self.load_with_replacement(index, self.loader)
+        if isinstance(self.transform, TrainAugment):
+            image = self.transform(image, None if seed is None else sample_generator(seed))
+        elif self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+    def load_with_replacement(self, index: int, read: Callable[[str], Any]) -> tuple[Any, int]:
+        """``(read(path), label)`` of sample ``index``; a file ``read`` cannot decode is
+        replaced by the next readable one of the domain (wrapping around), with a warning."""
         n = len(self.samples)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a domain of {n} images")
@@ -109,16 +133,10 @@ class ImageDomain(ImageFolder):
                 continue
             path, target = self.samples[i]
             try:
-                image = self.loader(path)
+                return read(path), target
             except _DECODE_ERRORS as exc:
                 last_error = exc
                 self._mark_bad(i, path, exc)
-                continue
-            if self.transform is not None:
-                image = self.transform(image)
-            if self.target_transform is not None:
-                target = self.target_transform(target)
-            return image, target
         raise DatasetError(
             f"{min(n, MAX_CONSECUTIVE_BAD + 1)} images in a row failed to decode in domain {self.root} "
             f"(starting at {self.samples[index][0]}); last error: {last_error!r}. "
@@ -128,8 +146,7 @@ class ImageDomain(ImageFolder):
     def _mark_bad(self, index: int, path: str, exc: BaseException) -> None:
         self._bad_indices.add(index)
         self.bad_images += 1
-        with _bad_image_total.get_lock():
-            _bad_image_total.value += 1
+        record_bad_image()
         warnings.warn(
             f"could not decode {path} ({exc!r}); using another image of the same domain instead",
             BadImageWarning,

@@ -1,16 +1,32 @@
-"""Image transforms of the DomainBed protocol (DESIGN.md §6).
+"""Image transforms of the DomainBed protocol.
 
 Training domains get a light augmentation (random resized crop with scale 0.7–1, flip,
 colour jitter, random grayscale); test domains and evaluation are only resized. Both end
 with ImageNet normalisation, because every backbone we use was pre-trained on ImageNet.
+
+The training augmentation draws its random parameters with
+:func:`domainbed.datasets.augment_params.draw_params`, the function the device pipeline
+uses too, and applies them here to one image (the CPU path, the reference).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from domainbed.datasets.augment_params import (
+    BRIGHTNESS,
+    CONTRAST,
+    DOMAINBED_AUGMENT,
+    HUE,
+    SATURATION,
+    AugmentParams,
+    AugmentSpec,
+    draw_params,
+)
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -33,18 +49,73 @@ def _to_normalized_tensor() -> list[Callable]:
     ]
 
 
-def train_transform(image_size: int = 224) -> Callable:
-    """DomainBed's training augmentation for a PIL RGB image; returns a ``(3, S, S)`` tensor."""
-    size = _check_size(image_size)
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.3),
-            v2.RandomGrayscale(p=0.1),
+_JITTER_KERNELS = {
+    BRIGHTNESS: F.adjust_brightness,
+    CONTRAST: F.adjust_contrast,
+    SATURATION: F.adjust_saturation,
+    HUE: F.adjust_hue,
+}
+
+
+class TrainAugment:
+    """DomainBed's training augmentation of one PIL RGB image (or ``(3, H, W)`` uint8
+    tensor) into a normalised ``(3, S, S)`` float tensor.
+
+    ``augment(image, generator)`` draws the parameters from ``generator`` (the training
+    loader passes one seeded per sample); ``augment(image)`` uses torch's global generator,
+    and then returns exactly what ``v2.Compose(augment.transforms)`` returns from the same
+    generator state: :attr:`transforms` are the torchvision transforms this is equivalent
+    to, kept for inspection and as the reference the tests compare with.
+    """
+
+    def __init__(self, image_size: int = 224, spec: AugmentSpec = DOMAINBED_AUGMENT):
+        self.size = _check_size(image_size)
+        self.spec = spec
+
+    @property
+    def transforms(self) -> list[Callable]:
+        s = self.spec
+        jitter = {name: getattr(s, name) for name in ("brightness", "contrast", "saturation", "hue")}
+        return [
+            v2.RandomResizedCrop(self.size, scale=s.scale, ratio=s.ratio, antialias=True),
+            v2.RandomHorizontalFlip(p=s.flip_p),
+            v2.ColorJitter(**{k: v for k, v in jitter.items() if v is not None}),
+            v2.RandomGrayscale(p=s.grayscale_p),
             *_to_normalized_tensor(),
         ]
-    )
+
+    def __call__(self, image: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+        height, width = F.get_size(image)
+        return self.apply(image, draw_params(height, width, self.spec, generator))
+
+    def apply(self, image: Any, p: AugmentParams) -> torch.Tensor:
+        """Apply drawn parameters: the operations and argument values of the v2 transforms."""
+        image = F.resized_crop(image, p.top, p.left, p.height, p.width, [self.size, self.size], antialias=True)
+        if p.flip:
+            image = F.horizontal_flip(image)
+        for op in p.order:
+            factor = p.factor(op)
+            if factor is not None:
+                image = _JITTER_KERNELS[op](image, factor)
+        if p.grayscale:
+            image = F.rgb_to_grayscale(image, num_output_channels=3)
+        return to_normalized_tensor(image)
+
+    def __repr__(self) -> str:
+        return f"TrainAugment(image_size={self.size}, spec={self.spec})"
+
+
+_NORMALIZE = v2.Compose(_to_normalized_tensor())
+
+
+def to_normalized_tensor(image: Any) -> torch.Tensor:
+    """PIL image or uint8 tensor -> ImageNet-normalised float ``torch.Tensor``."""
+    return _NORMALIZE(image)
+
+
+def train_transform(image_size: int = 224) -> TrainAugment:
+    """DomainBed's training augmentation for a PIL RGB image; returns a ``(3, S, S)`` tensor."""
+    return TrainAugment(image_size)
 
 
 def eval_transform(image_size: int = 224) -> Callable:

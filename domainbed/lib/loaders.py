@@ -1,30 +1,42 @@
 """Data loaders for training and evaluation.
 
 Training batches are drawn with replacement, and batch ``t`` of domain ``d`` depends only
-on ``(seed, d, t)``. A resumed run therefore sees exactly the batches an uninterrupted run
-would, with no loader state to save.
+on ``(seed, d, t)``: its indices, and the augmentation of each of its samples, whose
+random parameters come from a generator seeded with ``(seed, t, position in the batch)``
+(not from the worker's global generator). A resumed run therefore sees exactly the
+batches an uninterrupted run would, with no loader state to save, whatever the number of
+workers and whichever input pipeline (CPU or device) runs.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from domainbed.datasets.augment_params import sample_seed
 from domainbed.lib.misc import seed_hash
 
+# fetch(root dataset, index in it, sample seed) -> sample; see SeededSamples.
+Fetch = Callable[[Dataset, int, int], Any]
 
-class StepBatchSampler(Sampler[list[int]]):
-    """Infinite batches of indices; batch ``t`` is a pure function of ``(seed, t)``."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, weights: torch.Tensor | None = None):
+class StepBatchSampler(Sampler[list[Any]]):
+    """Infinite batches of indices; batch ``t`` is a pure function of ``(seed, t)``.
+
+    With ``sample_seeds``, each item is ``(index, augmentation seed)`` instead of an index.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, weights: torch.Tensor | None = None,
+                 sample_seeds: bool = False):
         if n == 0:
             raise ValueError("cannot sample batches from an empty domain")
         self.n, self.batch_size, self.seed, self.start_step = n, batch_size, seed, start_step
         self.weights = weights
+        self.sample_seeds = sample_seeds
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[Any]]:
         step = self.start_step
         while True:
             g = torch.Generator().manual_seed(seed_hash(self.seed, step))
@@ -32,11 +44,45 @@ class StepBatchSampler(Sampler[list[int]]):
                 idx = torch.randint(0, self.n, (self.batch_size,), generator=g)
             else:
                 idx = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=g)
-            yield idx.tolist()
+            if self.sample_seeds:
+                yield [(i, sample_seed(self.seed, step, k)) for k, i in enumerate(idx.tolist())]
+            else:
+                yield idx.tolist()
             step += 1
 
     def __len__(self) -> int:  # pragma: no cover - infinite by design
         raise TypeError("StepBatchSampler is infinite")
+
+
+def resolve_subset(dataset: Dataset, index: int) -> tuple[Dataset, int]:
+    """The dataset under any ``Subset`` views, and the index ``index`` maps to in it."""
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    return dataset, index
+
+
+def fetch_seeded(root: Dataset, index: int, seed: int) -> Any:
+    """A training sample: datasets with a random augmentation (``get_seeded``) draw it from
+    ``seed``; the others (in-memory tensors, fixed transforms) ignore it."""
+    get = getattr(root, "get_seeded", None)
+    return get(index, seed) if get is not None else root[index]
+
+
+class SeededSamples(Dataset):
+    """A dataset indexed by ``(index, augmentation seed)``, as :class:`StepBatchSampler`
+    yields them with ``sample_seeds``; ``fetch`` reads the sample from the dataset under
+    the ``Subset`` views (the device pipeline passes one that returns encoded files)."""
+
+    def __init__(self, dataset: Dataset, fetch: Fetch = fetch_seeded):
+        self.dataset, self.fetch = dataset, fetch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        root, root_index = resolve_subset(self.dataset, index)
+        return self.fetch(root, root_index, seed)
 
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor:
@@ -59,17 +105,21 @@ def class_balanced_weights(dataset: Dataset) -> torch.Tensor:
 
 def train_loader(
     dataset: Dataset, batch_size: int, seed: int, start_step: int, num_workers: int, pin_memory: bool,
-    class_balanced: bool = False,
+    class_balanced: bool = False, fetch: Fetch = fetch_seeded, collate_fn: Callable | None = None,
 ) -> DataLoader:
+    """Infinite training batches of ``dataset`` from ``start_step`` on, each sample's
+    augmentation seeded by ``(seed, step, position)``; ``fetch`` and ``collate_fn`` let the
+    device pipeline load encoded files instead of augmented tensors."""
     weights = class_balanced_weights(dataset) if class_balanced else None
-    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, weights)
+    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, weights, sample_seeds=True)
     return DataLoader(
-        dataset,
+        SeededSamples(dataset, fetch),
         batch_sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
+        collate_fn=collate_fn,
     )
 
 

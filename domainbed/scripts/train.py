@@ -28,6 +28,7 @@ from domainbed.algorithms import get_algorithm_class
 from domainbed.datasets import build_dataset, get_dataset_class, num_environments
 from domainbed.datasets.base import DatasetError
 from domainbed.datasets.splits import in_out_split, split_dataset
+from domainbed.datasets.device_pipeline import select_train_loader
 from domainbed.datasets.images import bad_image_count
 from domainbed.lib.checkpoint import (
     append_jsonl,
@@ -271,8 +272,11 @@ class Trainer:
         pin = self.device.type == "cuda"
         bs = int(self.hparams["batch_size"])
         balanced = bool(self.hparams.get("class_balanced", False))
+        # Input pipeline (hparam input_pipeline): "device" decodes and augments on self.device.
+        self.input_pipeline, make_train_loader = select_train_loader(self.hparams, self.dataset, self.device)
+        print(f"Input pipeline: {self.input_pipeline}")
         self.train_loaders = [
-            train_loader(self.in_splits[i], bs, seed_hash(self.args.seed, "train", i), start_step, self.num_workers, pin, balanced)
+            make_train_loader(self.in_splits[i], bs, seed_hash(self.args.seed, "train", i), start_step, self.num_workers, pin, balanced)
             for i in self.train_envs
         ]
         self.uda_loaders = [
