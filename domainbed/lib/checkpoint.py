@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
-from domainbed.lib.integrity import DamagedFile, load_verified, verify_archive
+from domainbed.lib.integrity import DamagedFile, load_verified, with_digest
 
 FAULT_ENV = "DOMAINBED_FAULT"
 TMP_SUFFIX = ".tmp"
@@ -167,22 +167,24 @@ class StorageError(OSError):
     """A file could not be written so that it reads back intact."""
 
 
-def save_verified(obj: Any, path: str | os.PathLike, previous: str | os.PathLike | None = None,
+def save_verified(state: Mapping[str, Any], path: str | os.PathLike, previous: str | os.PathLike | None = None,
                   attempts: int = 2) -> None:
-    """``torch.save`` that trusts a file only once it has read it back intact from the storage.
+    """``torch.save`` of a dict that trusts the file only once it has read it back intact.
 
-    The object goes to a fsynced temporary file, which is read back and its CRCs checked
-    (:func:`domainbed.lib.integrity.verify_archive`); a damaged write is written again, up
-    to ``attempts`` times, then :class:`StorageError`. Only a verified file replaces
-    ``path``; the file it replaces is first moved to ``previous`` when given, so the last
-    good copy survives until the new one is in place.
+    The state, with its content digest added under ``"sha256"``, goes to a fsynced temporary
+    file, which is read back from the storage and checked
+    (:func:`domainbed.lib.integrity.load_verified`); a damaged write is written again, up to
+    ``attempts`` times, then :class:`StorageError`. Only a verified file replaces ``path``;
+    the file it replaces is first moved to ``previous`` when given, so the last good copy
+    survives until the new one is in place.
     """
     path = Path(path)
+    obj = with_digest(state)
     for attempt in range(1, attempts + 1):
         tmp = _write_temp(path, "wb", lambda f: torch.save(obj, f))
         try:
             fault_point(f"written/{path.name}", tmp)
-            verify_archive(tmp, from_storage=True)
+            load_verified(tmp, from_storage=True)
             break
         except DamagedFile as e:
             tmp.unlink(missing_ok=True)
