@@ -40,7 +40,7 @@ from domainbed.lib.checkpoint import (
     save_verified,
 )
 from domainbed.lib.evaluation import evaluate
-from domainbed.lib.integrity import DAMAGED_SUFFIX, DamagedFile, load_newest_intact, verify_archive
+from domainbed.lib.integrity import DAMAGED_SUFFIX, DamagedFile, load_newest_intact, load_verified
 from domainbed.lib.loaders import eval_loader, train_loader, zip_batches
 from domainbed.lib.misc import rng_state, seed_hash, set_global_seed, set_rng_state
 from domainbed.lib.preemption import Preempted, PreemptionGuard
@@ -237,7 +237,7 @@ def check_finished(out: Path) -> int:
     model = out / "model.pt"
     if model.exists():
         try:
-            verify_archive(model)
+            load_verified(model)
         except DamagedFile as e:
             raise ValueError(
                 f"{out} is done, but {model} is damaged ({e.reason}). results.jsonl is complete and untouched. "
