@@ -11,10 +11,11 @@ one is safe. Once ``done`` is written the notice is ignored: the run is complete
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 PHASES = ("set-up", "training", "finishing", "done")
 
@@ -62,6 +63,12 @@ class PreemptionGuard:
         self.phase = phase
         if self.requested and phase in ("set-up", "finishing"):
             self._raise()
+
+    @contextlib.contextmanager
+    def phase(self, phase: str) -> Iterator["PreemptionGuard"]:
+        """``enter(phase)`` for a block; the caller enters the next phase after it."""
+        self.enter(phase)
+        yield self
 
     def notice(self) -> str:
         """The message for a run that leaves because of SIGTERM, by phase."""

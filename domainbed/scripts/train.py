@@ -1,12 +1,15 @@
-"""Train one model: ``python -m domainbed.scripts.train`` with DomainBed's flags (DESIGN.md §6).
+"""Train one model: ``python -m domainbed.scripts.train`` with DomainBed's flags.
 
 The output directory receives ``out.txt``/``err.txt`` (copies of stdout/stderr),
 ``results.jsonl`` (one record per checkpoint, DomainBed's format), ``tensorboard/``,
-``model.pt`` and finally ``done``. Rerunning the same command resumes from
-``checkpoint.pt``: model, optimizer, scaler, RNG states and step, with no duplicated or
-partial record. SIGTERM (sent by SLURM before pre-emption) saves a checkpoint and exits 143.
-Every file is replaced atomically, so a kill at any moment loses at most the steps since
-the last checkpoint (README.md, "Failure modes", lists each failure and what is kept).
+``model.pt`` and finally ``done``. Rerunning the same command resumes from the newest
+intact checkpoint (``checkpoint.pt``, else the previous one, ``checkpoint.prev.pt``): model,
+optimizer, scaler, RNG states and step, with no duplicated or partial record. SIGTERM (sent
+by SLURM before pre-emption) exits 143 at any moment, after saving a checkpoint if it came
+during training. Every file is replaced atomically and checkpoints are verified once on
+disk, so a kill or a damaged file loses at most the steps since the last good checkpoint;
+one ``train`` process at a time holds the output folder (README.md, "Failure modes", lists
+each failure and what is kept).
 """
 
 from __future__ import annotations
@@ -423,54 +426,53 @@ class Trainer:
         interval_start, interval_steps = time.perf_counter(), 0
         progress = tqdm(total=self.steps, initial=start, desc=f"{self.args.algorithm} {self.args.dataset}",
                         unit="step", file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-        preempt = self.preempt
-        preempt.enter("training")
-        step = start
-        while step < self.steps and not self.finished:
-            minibatches = next(batches)
-            unlabeled = [x for x, _ in next(uda_batches)] if uda_batches else None
-            logs = alg.update(minibatches, unlabeled)
-            fault_point("step")
-            for k, v in logs.items():  # accumulate on the device: no host sync per step
-                self.log_sums[k] = self.log_sums[k] + v if k in self.log_sums else v.clone()
-            self.log_count += 1
-            interval_steps += 1
-            alg.on_step_end(step)
-            progress.update(1)
-            if step % self.checkpoint_freq == 0 or step == self.steps - 1 or alg.should_stop:
-                means = {k: (v / self.log_count).item() for k, v in self.log_sums.items()}
-                step_time = (time.perf_counter() - interval_start) / max(interval_steps, 1)
-                evals = self._evaluate(alg)
-                alg.on_evaluation(step, evals)
-                record = self._record(step, step_time, evals, means)
-                append_jsonl(self.results_path, record)
-                fault_point("after_record")
-                self._tensorboard(writer, record)
-                progress.set_postfix(loss=f"{means.get('loss', float('nan')):.3f}")
-                if not all(math.isfinite(v) for k, v in means.items()):
+        with self.preempt.phase("training") as preempt:
+            step = start
+            while step < self.steps and not self.finished:
+                minibatches = next(batches)
+                unlabeled = [x for x, _ in next(uda_batches)] if uda_batches else None
+                logs = alg.update(minibatches, unlabeled)
+                fault_point("step")
+                for k, v in logs.items():  # accumulate on the device: no host sync per step
+                    self.log_sums[k] = self.log_sums[k] + v if k in self.log_sums else v.clone()
+                self.log_count += 1
+                interval_steps += 1
+                alg.on_step_end(step)
+                progress.update(1)
+                if step % self.checkpoint_freq == 0 or step == self.steps - 1 or alg.should_stop:
+                    means = {k: (v / self.log_count).item() for k, v in self.log_sums.items()}
+                    step_time = (time.perf_counter() - interval_start) / max(interval_steps, 1)
+                    evals = self._evaluate(alg)
+                    alg.on_evaluation(step, evals)
+                    record = self._record(step, step_time, evals, means)
+                    append_jsonl(self.results_path, record)
+                    fault_point("after_record")
+                    self._tensorboard(writer, record)
+                    progress.set_postfix(loss=f"{means.get('loss', float('nan')):.3f}")
+                    if not all(math.isfinite(v) for k, v in means.items()):
+                        writer.close()
+                        raise Diverged(
+                            f"loss became non-finite by step {step} ({means}); the run stops and is not marked done. "
+                            "Lower the learning rate or check the data."
+                        )
+                    self.log_sums, self.log_count = {}, 0
+                    self.finished = alg.should_stop or step == self.steps - 1
+                    self._save_checkpoint(step)
+                    fault_point("after_checkpoint")
+                    if self.args.save_model_every_checkpoint:
+                        self._save_model(self.out / f"model_step{step}.pt")
+                    interval_start, interval_steps = time.perf_counter(), 0
+                elif preempt.requested:
+                    self._save_checkpoint(step)
+                if preempt.requested:
+                    print(f"SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume",
+                          file=sys.stderr)
+                    progress.close()
                     writer.close()
-                    raise Diverged(
-                        f"loss became non-finite by step {step} ({means}); the run stops and is not marked done. "
-                        "Lower the learning rate or check the data."
-                    )
-                self.log_sums, self.log_count = {}, 0
-                self.finished = alg.should_stop or step == self.steps - 1
-                self._save_checkpoint(step)
-                fault_point("after_checkpoint")
-                if self.args.save_model_every_checkpoint:
-                    self._save_model(self.out / f"model_step{step}.pt")
-                interval_start, interval_steps = time.perf_counter(), 0
-            elif preempt.requested:
-                self._save_checkpoint(step)
-            if preempt.requested:
-                print(f"SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume",
-                      file=sys.stderr)
-                progress.close()
-                writer.close()
-                return EXIT_PREEMPTED
-            step += 1
+                    return EXIT_PREEMPTED
+                step += 1
         progress.close()
-        preempt.enter("finishing")
+        self.preempt.enter("finishing")
         self._finish(writer)
         return 0
 
