@@ -65,7 +65,7 @@ class PreemptionGuard:
             self._raise()
 
     @contextlib.contextmanager
-    def phase(self, phase: str) -> Iterator["PreemptionGuard"]:
+    def during(self, phase: str) -> Iterator["PreemptionGuard"]:
         """``enter(phase)`` for a block; the caller enters the next phase after it."""
         self.enter(phase)
         yield self

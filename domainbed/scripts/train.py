@@ -426,7 +426,7 @@ class Trainer:
         interval_start, interval_steps = time.perf_counter(), 0
         progress = tqdm(total=self.steps, initial=start, desc=f"{self.args.algorithm} {self.args.dataset}",
                         unit="step", file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-        with self.preempt.phase("training") as preempt:
+        with self.preempt.during("training") as preempt:
             step = start
             while step < self.steps and not self.finished:
                 minibatches = next(batches)
