@@ -1,10 +1,13 @@
-"""Robustness (issue 6): no lost results under crashes, bad data and bad input.
+"""Robustness (issues 6 and 14): no lost results under crashes, storage faults, concurrent
+runs, bad data and bad input.
 
 Kills use the ``DOMAINBED_FAULT`` hook (``domainbed.lib.checkpoint.fault_point``) to hit
-exact moments, plus SIGKILLs at random times. To keep the Python start-up cost (about 3 s
-of imports) out of every run, killed runs are forked from one "fork server" that has done
-the imports and run no torch op: each child is a real, separate process that a SIGKILL
-ends with nothing run after it. README.md, section "Failure modes", names the test of each failure.
+exact moments, plus SIGKILLs at seeded random times. To keep the Python start-up cost
+(about 3 s of imports) out of every run, killed runs are forked from one "fork server" that
+has done the imports and run no torch op: each child is a real, separate process that a
+SIGKILL ends with nothing run after it. A child the hook stops (SIGSTOP) is reported by the
+server as soon as it is stopped, so tests act on that event rather than after a sleep.
+README.md, section "Failure modes", names the test of each failure.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import pickle
 import random
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,7 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from domainbed.lib.checkpoint import FAULT_ENV, InjectedFault, read_jsonl, safe_load
+from domainbed.lib.checkpoint import FAULT_ENV, InjectedFault, damage_file, read_jsonl, safe_load
+from domainbed.lib.run_lock import LOCK_FILE
 from domainbed.scripts import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +40,8 @@ DEBUG_ARGS = ["--dataset", "Debug28", "--steps", str(STEPS), "--checkpoint_freq"
               "--hparams", '{"batch_size": 4}']
 VOLATILE = {"step_time", "mem_gb", "args"}
 KILLED = -signal.SIGKILL
+KILL_SEED = 14  # random kill times are drawn from this seed: a failure can be replayed
+slow = pytest.mark.slow
 
 FORK_SERVER = textwrap.dedent(
     """
@@ -66,8 +73,13 @@ FORK_SERVER = textwrap.dedent(
                 sys.stderr.flush()
                 os._exit(code)
         print(json.dumps({"pid": pid}), flush=True)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+        while True:  # report the child stopping (the hook's "stop" action), then its end
+            _, status = os.waitpid(pid, os.WUNTRACED)
+            if os.WIFSTOPPED(status):
+                print(json.dumps({"stopped": pid}), flush=True)
+                continue
+            print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+            break
     """
 )
 
@@ -80,23 +92,34 @@ class ForkServer:
         self.proc = subprocess.Popen([sys.executable, "-c", FORK_SERVER], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
 
-    def run(self, out: Path, fault: str | None = None, kill_after: float | None = None,
-            argv: list[str] | None = None) -> int:
-        """Exit status of one run (negative: killed by that signal); ``argv`` defaults to DEBUG_ARGS."""
+    def start(self, out: Path, fault: str | None = None, argv: list[str] | None = None) -> int:
+        """Start one run; returns its pid. ``argv`` defaults to DEBUG_ARGS."""
         argv = [*(DEBUG_ARGS if argv is None else argv), "--output_dir", str(out)]
-        job = {"argv": argv, "env": {FAULT_ENV: fault} if fault else {}, "log": str(out.parent / f"{out.name}.log")}
+        self.log = out.parent / f"{out.name}.log"
+        job = {"argv": argv, "env": {FAULT_ENV: fault} if fault else {}, "log": str(self.log)}
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
-        pid = json.loads(self.proc.stdout.readline())["pid"]
+        return json.loads(self.proc.stdout.readline())["pid"]
+
+    def event(self) -> dict:
+        """The next report on the running child: ``{"stopped": pid}`` or ``{"rc": status}``."""
+        line = self.proc.stdout.readline()
+        assert line, f"fork server died; see {self.log}"
+        return json.loads(line)
+
+    def run(self, out: Path, fault: str | None = None, kill_after: float | None = None,
+            argv: list[str] | None = None) -> int:
+        """Exit status of one run (negative: killed by that signal)."""
+        pid = self.start(out, fault, argv)
         if kill_after is not None:
-            time.sleep(kill_after)
+            time.sleep(kill_after)  # a random moment is the point here, not a synchronisation
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass  # it finished first
-        line = self.proc.stdout.readline()
-        assert line, f"fork server died; see {job['log']}"
-        return json.loads(line)["rc"]
+        event = self.event()
+        assert "rc" in event, f"unexpected {event}; see {self.log}"
+        return event["rc"]
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -138,25 +161,59 @@ def assert_consistent(out: Path, reference, finished: bool, cleaned: bool = True
         assert (out / "model.pt").exists()
 
 
+def tensorboard_points(out: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the event files, raw: no reader's purge logic applied."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    points: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted((out / "tensorboard").glob("*tfevents*")):
+        for event in EventFileLoader(str(path)).Load():
+            for v in event.summary.value if event.HasField("summary") else []:
+                value = v.simple_value if v.WhichOneof("value") == "simple_value" else v.tensor.float_val[0]
+                points.setdefault(v.tag, []).append((event.step, value))
+    return points
+
+
+def assert_tensorboard_matches_records(out: Path) -> None:
+    """One point per record and tag, equal to the record's value: re-done steps are not doubled."""
+    records = [r for r in read_jsonl(out / "results.jsonl") if not r.get("averaged")]
+    points = tensorboard_points(out)
+    assert points["loss/loss"] == [
+        (r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in records]
+    assert points["acc/env0_out_acc"] == [(r["step"], pytest.approx(r["env0_out_acc"], rel=1e-6)) for r in records]
+    for tag, values in points.items():
+        steps = [step for step, _ in values]
+        assert len(steps) == len(set(steps)), f"{tag} has a step twice: {steps}"
+
+
+def checkpoint_step(out: Path, name: str = "checkpoint.pt") -> int:
+    return int(safe_load(out / name)["step"])
+
+
 # (fault, expected exit status, what is on disk afterwards) for one output folder, in order.
 KILL_SEQUENCE = [
     ("rename/args.json:1", KILLED, "args.json temp file written, not renamed"),
+    ("locked:1:term", train.EXIT_PREEMPTED, "SIGTERM during set-up, the folder just locked"),
     ("step:3", KILLED, "in the third step (checkpoint of step 0 on disk)"),
     ("eval:3", KILLED, "in the middle of the evaluation of step 4"),
     ("append/results.jsonl:1", KILLED, "half of record 4 on disk"),
     ("rename/checkpoint.pt:1", KILLED, "record 4 on disk, its checkpoint a temp file"),
     ("rename/results.jsonl:1", KILLED, "while resuming: truncated records a temp file"),
+    ("rename/results.jsonl:1:term", train.EXIT_PREEMPTED, "SIGTERM while resuming (set-up)"),
     ("after_record:1", KILLED, "record 4 on disk, no checkpoint of step 4"),
+    ("rotated/checkpoint.pt:1", KILLED, "checkpoint of step 0 moved to checkpoint.prev.pt, step 4 a temp file"),
     ("after_checkpoint:1", KILLED, "checkpoint of step 4 renamed into place"),
     ("step:2:term", train.EXIT_PREEMPTED, "SIGTERM in step 6: checkpoint between evaluations"),
     ("rename/checkpoint.pt:2", KILLED, "final checkpoint (step 12) a temp file"),
     ("after_checkpoint:1", KILLED, "final checkpoint saved, loop not left"),
     ("rename/model.pt:1", KILLED, "model.pt a temp file"),
+    ("rename/model.pt:1:term", train.EXIT_PREEMPTED, "SIGTERM while model.pt is written (finishing)"),
     ("before_done:1", KILLED, "model.pt saved, no done"),
     ("after_done:1", KILLED, "done written, checkpoint.pt not yet removed"),
 ]
 
 
+@slow
 def test_sigkill_at_every_fault_point_then_rerun_equals_uninterrupted(server, reference, tmp_path):
     out = tmp_path / "run"
     for fault, expected, moment in KILL_SEQUENCE:
@@ -164,29 +221,152 @@ def test_sigkill_at_every_fault_point_then_rerun_equals_uninterrupted(server, re
         assert rc == expected, f"{fault} ({moment}): exit {rc}; see {tmp_path / 'run.log'}"
         done = fault.startswith("after_done")
         assert_consistent(out, reference, finished=done, cleaned=not done)
+        log = (tmp_path / "run.log").read_text()
         if fault == "rename/checkpoint.pt:1":  # a killed checkpoint write leaves its temp file only
             (temp,) = out.glob(".checkpoint.pt.*.tmp")
-            assert temp.stat().st_size > 0 and safe_load(out / "checkpoint.pt")["step"] == 0
-        if fault.endswith(":term"):
+            assert temp.stat().st_size > 0 and checkpoint_step(out) == 0
+        if fault == "rotated/checkpoint.pt:1":  # between the two renames the previous one is the newest
+            assert not (out / "checkpoint.pt").exists() and checkpoint_step(out, "checkpoint.prev.pt") == 0
+        if fault == "after_checkpoint:1" and not (out / "model.pt").exists() and checkpoint_step(out) == 4:
+            assert checkpoint_step(out, "checkpoint.prev.pt") == 0, "the previous good checkpoint is kept"
+        if fault == "step:2:term":
             assert "SIGTERM received: checkpoint saved at step 6" in (out / "err.txt").read_text()
-            assert (out / "checkpoint.pt").exists()
+            assert checkpoint_step(out) == 6 and checkpoint_step(out, "checkpoint.prev.pt") == 4
+        if fault in ("locked:1:term", "rename/results.jsonl:1:term"):
+            assert log.count("SIGTERM received during set-up, before this process trained: nothing new to save") \
+                == 1 + (fault != "locked:1:term")
+        if fault == "rename/model.pt:1:term":
+            assert "SIGTERM received while finishing: training is complete" in (out / "err.txt").read_text()
+            assert checkpoint_step(out) == 12 and not (out / "model.pt").exists()
+            assert not list(out.glob(".*.tmp")), "the interrupted write removed its temp file"
     assert server.run(out) == 0
     assert_consistent(out, reference, finished=True)
+    assert not any((out / n).exists() for n in ("checkpoint.pt", "checkpoint.prev.pt"))
     log = (out / "out.txt").read_text()
     assert "Resuming from step 7 (2 records kept)" in log, "the pre-empted run continued where it stopped"
-    # Every temp file left by a kill (args.json, checkpoint x2, results.jsonl, model.pt) was removed on resume.
-    assert log.count("Removed 1 temporary files of interrupted writes") == 5
+    # Every temp file left by a kill (args.json, checkpoint x3, results.jsonl, model.pt) was removed on resume.
+    assert log.count("Removed 1 temporary files of interrupted writes") == 6
+    assert_tensorboard_matches_records(out)  # 18 runs wrote into it; each step is there once
+    assert (out / LOCK_FILE).exists()  # the lock of every killed run was released by the kernel
 
 
+@slow
 def test_sigkill_at_random_times_then_rerun_equals_uninterrupted(server, reference, tmp_path):
-    seed = random.randrange(10**6)
-    rng = random.Random(seed)
+    rng = random.Random(KILL_SEED)
     out = tmp_path / "run"
     for _ in range(4):
-        rc = server.run(out, kill_after=rng.uniform(0.2, 3.0))
-        assert rc in (0, KILLED), f"seed {seed}"
+        delay = rng.uniform(0.2, 3.0)
+        rc = server.run(out, kill_after=delay)
+        assert rc in (0, KILLED), f"seed {KILL_SEED}, kill after {delay:.2f} s"
         assert_consistent(out, reference, finished=rc == 0)
-    assert server.run(out) == 0, f"seed {seed}"
+    assert server.run(out) == 0, f"seed {KILL_SEED}"
+    assert_consistent(out, reference, finished=True)
+
+
+# ----------------------------------------------------------------------------- storage faults
+
+
+@slow
+def test_storage_faults_then_rerun_equals_uninterrupted(server, reference, tmp_path):
+    """Damaged checkpoints and model files, injected while writing and between runs."""
+    out = tmp_path / "run"
+    err = lambda: (out / "err.txt").read_text()  # noqa: E731
+
+    # The checkpoint of step 4 reads back damaged right after it is written: written again.
+    assert server.run(out, "written/checkpoint.pt:2:flip,after_checkpoint:2") == KILLED
+    assert "warning: checkpoint.pt was damaged on the storage right after it was written" in err()
+    assert checkpoint_step(out) == 4 and checkpoint_step(out, "checkpoint.prev.pt") == 0
+    assert_consistent(out, reference, finished=False)
+
+    # A partial copy: checkpoint.pt cut in half between runs. Resumes from the previous one.
+    damage_file(out / "checkpoint.pt", "truncate")
+    assert server.run(out, "after_checkpoint:1") == KILLED
+    assert "warning: checkpoint.pt is damaged (not a complete zip archive" in err()
+    assert "using the previous checkpoint, checkpoint.prev.pt, instead of the damaged checkpoint.pt" in err()
+    assert "Resuming from step 1 (1 records kept)" in (out / "out.txt").read_text()
+    assert (out / "checkpoint.pt.damaged").exists() and checkpoint_step(out) == 4
+    assert_consistent(out, reference, finished=False)
+
+    # Bit rot in the newest checkpoint once it is in place (step 8), then a kill in step 9.
+    assert server.run(out, "saved/checkpoint.pt:1:flip,step:5") == KILLED
+    assert checkpoint_step(out, "checkpoint.prev.pt") == 4
+    assert server.run(out, "after_checkpoint:1") == KILLED
+    assert "warning: checkpoint.pt is damaged (Bad CRC-32" in err()
+    assert "Resuming from step 5 (2 records kept)" in (out / "out.txt").read_text()
+    assert checkpoint_step(out) == 8
+    assert_consistent(out, reference, finished=False)
+
+    # Both damaged (a full quota left checkpoint.pt empty; the previous one rotted): from step 0.
+    (out / "checkpoint.pt").write_bytes(b"")
+    damage_file(out / "checkpoint.prev.pt", "flip")
+    assert server.run(out, "after_checkpoint:2") == KILLED
+    assert "no intact checkpoint is left (checkpoint.pt, checkpoint.prev.pt damaged); starting again from step 0" \
+        in err()
+    assert checkpoint_step(out) == 4
+    assert_consistent(out, reference, finished=False)
+
+    # model.pt reads back damaged on both tries: exit 1, no done; the final checkpoint is kept.
+    assert server.run(out, "written/model.pt:1:truncate,written/model.pt:2:flip") == 1
+    assert "could not be written intact" in err() and "Traceback" not in err()
+    assert checkpoint_step(out) == 12 and not (out / "model.pt").exists()
+    assert_consistent(out, reference, finished=False)
+    # Once: written again, and the run completes.
+    assert server.run(out, "written/model.pt:1:flip") == 0
+    assert "warning: model.pt was damaged on the storage right after it was written" in err()
+    assert_consistent(out, reference, finished=True)
+    assert safe_load(out / "model.pt")["num_classes"] == 2
+    assert_tensorboard_matches_records(out)
+
+    # model.pt of a finished run rots: the rerun says so, and touches nothing.
+    damage_file(out / "model.pt", "flip")
+    before = (out / "results.jsonl").read_bytes()
+    assert server.run(out) == 2
+    text = (tmp_path / "run.log").read_text()
+    assert "is done, but" in text and "model.pt is damaged (Bad CRC-32" in text and "results.jsonl is complete" in text
+    assert (out / "results.jsonl").read_bytes() == before and (out / "done").exists()
+
+
+@slow
+def test_damaged_checkpoint_of_swad_resumes_the_same_average(server, tmp_path):
+    """The SWAD averaging state lives in the checkpoint: a damaged one falls back to the
+    previous checkpoint, whose average is continued, and the averaged record is unchanged."""
+    argv = [*DEBUG_ARGS[:-1], '{"batch_size": 4, "swad_n_converge": 1, "swad_n_tolerance": 10}',
+            "--algorithm", "SWAD"]
+    ref_out = tmp_path / "reference"
+    assert server.run(ref_out, argv=argv) == 0
+    reference_records = read_jsonl(ref_out / "results.jsonl")
+    assert reference_records[-1]["averaged"] is True
+    out = tmp_path / "run"
+    assert server.run(out, "after_checkpoint:3", argv=argv) == KILLED
+    swad = safe_load(out / "checkpoint.prev.pt")["algorithm"]["_extra_state"]["swad"]
+    assert swad["valley"]["n_segments"] == 2 and swad["final"]["count"] > 0, "averaging had begun at step 4"
+    damage_file(out / "checkpoint.pt", "flip")
+    assert server.run(out, argv=argv) == 0
+    assert "checkpoint.pt is damaged" in (out / "err.txt").read_text()
+    assert comparable(read_jsonl(out / "results.jsonl")) == comparable(reference_records)
+
+
+# ----------------------------------------------------------------------------- concurrent runs
+
+
+@slow
+def test_second_train_in_the_same_folder_exits_2_naming_the_first(server, reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    pid = server.start(out, "after_record:2:stop")  # frozen holding the lock, records 0 and 4 written
+    assert server.event() == {"stopped": pid}
+    try:
+        before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+        with pytest.raises(SystemExit) as exc:  # this test process is the second one
+            train.main([*DEBUG_ARGS, "--output_dir", str(out)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"is in use by another train process: pid {pid} on host {socket.gethostname()}, started " in err
+        assert "write every record twice" in err and "Traceback" not in err
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before, "the second wrote nothing"
+    finally:
+        os.kill(pid, signal.SIGKILL)  # a kill while holding the lock: it must not stay locked
+    assert server.event() == {"rc": KILLED}
+    assert server.run(out) == 0
     assert_consistent(out, reference, finished=True)
 
 
@@ -260,6 +440,7 @@ def folder_args(dataset: Path, *extra: str) -> list[str]:
             *extra]
 
 
+@slow
 def test_bad_files_are_skipped_and_counted_and_missing_class_keeps_indices(server, tmp_path):
     from domainbed.datasets import build_dataset
 
@@ -388,6 +569,7 @@ def test_bad_input_exits_2_with_message_and_no_traceback(tmp_path, capsys, argv,
     assert not (out / "done").exists() and not (out / "results.jsonl").exists()
 
 
+@slow
 def test_user_error_from_the_command_line_has_no_traceback(tmp_path):
     """Real ``python -m`` processes: the message reaches stderr (and err.txt), no traceback."""
     out = tmp_path / "x"
@@ -408,13 +590,13 @@ def test_resume_with_other_arguments_is_refused_and_keeps_results(tmp_path, monk
         train.main(argv)
     monkeypatch.delenv(FAULT_ENV)
     capsys.readouterr()
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != LOCK_FILE}
     with pytest.raises(SystemExit) as exc:
         train.main(argv[:-1] + ['{"batch_size": 8}'])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "different arguments (hparams:" in err and "Traceback" not in err
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != LOCK_FILE} == before
 
 
 class _Payload:
@@ -427,6 +609,7 @@ class _Payload:
         return (os.makedirs, (self.marker,))
 
 
+@slow
 def test_pickle_based_files_are_refused_and_never_executed(tmp_path):
     marker = tmp_path / "pwned"
     out = tmp_path / "old"
@@ -438,6 +621,7 @@ def test_pickle_based_files_are_refused_and_never_executed(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2, proc.stderr
     assert "refusing to load" in proc.stderr and "checkpoint.pt" in proc.stderr and "unrestricted pickle" in proc.stderr
+    assert "is damaged" not in proc.stderr, "an unsafe file is not reported as a damaged one"
     assert "Traceback" not in proc.stderr
     assert not marker.exists() and not (out / "done").exists()
     # The same for a pretrained-weights file.

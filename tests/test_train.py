@@ -8,13 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from domainbed.lib.checkpoint import read_jsonl
+from domainbed.lib.checkpoint import FAULT_ENV, read_jsonl, safe_load
 from domainbed.scripts import train
+
+slow = pytest.mark.slow
 
 RECORD_KEYS = {"step", "epoch", "loss", "step_time", "mem_gb", "hparams", "args"}
 VOLATILE = {"step_time", "mem_gb", "args"}
@@ -53,6 +54,7 @@ def test_debug28_end_to_end_files_and_keys(tmp_path):
     assert len(read_jsonl(out / "results.jsonl")) == 4
 
 
+@slow
 def test_tensorboard_has_every_loss_and_accuracy(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -88,40 +90,58 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
     assert [r["step"] for r in resumed] == [0, 2, 4, 6]
     assert comparable(resumed) == comparable(ref)
     assert "Resuming from step 3" in (out / "out.txt").read_text()
+    # TensorBoard: the point of step 4 was written before the crash and again after it: once in the files.
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps = [event.step for path in sorted((out / "tensorboard").glob("*tfevents*"))
+             for event in EventFileLoader(str(path)).Load()
+             if event.HasField("summary") and any(v.tag == "loss/loss" for v in event.summary.value)]
+    assert steps == [0, 2, 4, 6]
 
 
-def start_training(out: Path, checkpoint_freq: int, n_records: int) -> tuple[list[str], subprocess.Popen]:
-    """A 400-step Debug28 run in a subprocess, returned once it has written ``n_records``."""
+def start_stopped(out: Path, steps: int, checkpoint_freq: int, fault: str) -> tuple[list[str], subprocess.Popen]:
+    """A Debug28 run in a real process, returned once the fault hook has stopped it (SIGSTOP)
+    at ``fault``: an event, not a guess at how long start-up takes."""
     cmd = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", "Debug28", "--output_dir", str(out),
-           "--steps", "400", "--checkpoint_freq", str(checkpoint_freq), "--hparams", '{"batch_size": 4}']
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(read_jsonl(out / "results.jsonl")) < n_records:
-        time.sleep(0.2)
+           "--steps", str(steps), "--checkpoint_freq", str(checkpoint_freq), "--hparams", '{"batch_size": 4}']
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, FAULT_ENV: fault})
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)  # returns when the child stops (or ends)
+    assert os.WIFSTOPPED(status), f"exited with {os.waitstatus_to_exitcode(status)} before {fault}"
     return cmd, proc
 
 
+@slow
 def test_sigkill_mid_run_then_resume(tmp_path):
     out = tmp_path / "killed"
-    cmd, proc = start_training(out, checkpoint_freq=20, n_records=3)
+    cmd, proc = start_stopped(out, 120, 20, "after_record:3:stop")  # records 0, 20 and 40 written
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL
+    assert [r["step"] for r in read_jsonl(out / "results.jsonl")] == [0, 20, 40]
     assert not (out / "done").exists()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     steps = [r["step"] for r in read_jsonl(out / "results.jsonl")]
-    assert steps == list(range(0, 400, 20)) + [399]
+    assert steps == list(range(0, 120, 20)) + [119]
     assert (out / "done").exists()
 
 
+@slow
 def test_sigterm_saves_checkpoint_and_exits_143(tmp_path):
     out = tmp_path / "term"
-    _, proc = start_training(out, checkpoint_freq=50, n_records=1)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == train.EXIT_PREEMPTED
-    assert (out / "checkpoint.pt").exists() and not (out / "done").exists()
-    assert "SIGTERM received" in (out / "err.txt").read_text()
+    # Stopped in step 30 of 60: the handler is installed (it is from the start of main) and the
+    # last evaluation was at step 0, so the checkpoint is one taken between evaluations.
+    cmd, proc = start_stopped(out, 60, 50, "step:31:stop")
+    proc.send_signal(signal.SIGTERM)  # pending while stopped; handled once continued
+    proc.send_signal(signal.SIGCONT)
+    assert proc.wait(timeout=120) == train.EXIT_PREEMPTED
+    assert safe_load(out / "checkpoint.pt")["step"] == 30 and not (out / "done").exists()
+    assert "SIGTERM received: checkpoint saved at step 30" in (out / "err.txt").read_text()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert "Resuming from step 31 (1 records kept)" in (out / "out.txt").read_text()
+    assert [r["step"] for r in read_jsonl(out / "results.jsonl")] == [0, 50, 59]
 
 
+@slow
 def test_mnist_subset_end_to_end(tmp_path):
     out = tmp_path / "mnist"
     train.main(["--dataset", "RotatedMNISTSubset", "--output_dir", str(out), "--steps", "3", "--checkpoint_freq", "2",
@@ -163,6 +183,7 @@ def test_resume_with_other_arguments_is_refused(tmp_path, capsys):
 from domainbed.algorithms import algorithm_names  # noqa: E402
 
 
+@slow
 @pytest.mark.parametrize("name", algorithm_names())
 def test_every_algorithm_trains_end_to_end_on_debug28(tmp_path, name):
     out = run(tmp_path, name, "--algorithm", name)
@@ -176,6 +197,7 @@ def test_every_algorithm_trains_end_to_end_on_debug28(tmp_path, name):
         assert all(math.isfinite(r["ftlp_kl"]) for r in records)
 
 
+@slow
 @pytest.mark.parametrize("name", ["ERM_FTLP", "CORAL_FTLP", "SWAD", "SWAD_FTLP", "MIRO"])
 def test_ftlp_family_on_mnist_subset_with_efficientnet_prior(tmp_path, name):
     out = tmp_path / name

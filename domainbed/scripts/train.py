@@ -1,12 +1,15 @@
-"""Train one model: ``python -m domainbed.scripts.train`` with DomainBed's flags (DESIGN.md §6).
+"""Train one model: ``python -m domainbed.scripts.train`` with DomainBed's flags.
 
 The output directory receives ``out.txt``/``err.txt`` (copies of stdout/stderr),
 ``results.jsonl`` (one record per checkpoint, DomainBed's format), ``tensorboard/``,
-``model.pt`` and finally ``done``. Rerunning the same command resumes from
-``checkpoint.pt``: model, optimizer, scaler, RNG states and step, with no duplicated or
-partial record. SIGTERM (sent by SLURM before pre-emption) saves a checkpoint and exits 143.
-Every file is replaced atomically, so a kill at any moment loses at most the steps since
-the last checkpoint (README.md, "Failure modes", lists each failure and what is kept).
+``model.pt`` and finally ``done``. Rerunning the same command resumes from the newest
+intact checkpoint (``checkpoint.pt``, else the previous one, ``checkpoint.prev.pt``): model,
+optimizer, scaler, RNG states and step, with no duplicated or partial record. SIGTERM (sent
+by SLURM before pre-emption) exits 143 at any moment, after saving a checkpoint if it came
+during training. Every file is replaced atomically and checkpoints are verified once on
+disk, so a kill or a damaged file loses at most the steps since the last good checkpoint;
+one ``train`` process at a time holds the output folder (README.md, "Failure modes", lists
+each failure and what is kept).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import argparse
 import json
 import math
 import resource
-import signal
 import sys
 import time
 from pathlib import Path
@@ -31,19 +33,23 @@ from domainbed.datasets.splits import in_out_split, split_dataset
 from domainbed.datasets.device_pipeline import select_train_loader
 from domainbed.datasets.images import bad_image_count
 from domainbed.lib.checkpoint import (
+    StorageError,
     append_jsonl,
-    atomic_torch_save,
     atomic_write_text,
     clean_temp_files,
     fault_point,
     read_jsonl,
     reset_faults,
     rewrite_jsonl,
-    safe_load,
+    save_verified,
 )
 from domainbed.lib.evaluation import evaluate
+from domainbed.lib.integrity import DAMAGED_SUFFIX, DamagedFile, load_newest_intact, load_verified
 from domainbed.lib.loaders import eval_loader, train_loader, zip_batches
 from domainbed.lib.misc import rng_state, seed_hash, set_global_seed, set_rng_state
+from domainbed.lib.preemption import Preempted, PreemptionGuard
+from domainbed.lib.run_lock import FolderBusy, folder_lock
+from domainbed.lib.tb_trim import trim_event_files
 from domainbed.lib.tee import tee_output
 from domainbed.networks.weights import WeightsError
 
@@ -51,6 +57,9 @@ from domainbed.networks.weights import WeightsError
 RESUME_IGNORED = {"output_dir", "device", "num_workers"}
 EXIT_PREEMPTED = 143
 EXIT_DIVERGED = 3
+EXIT_STORAGE = 1
+USER_ERRORS = (ValueError, DatasetError, WeightsError, FolderBusy)
+CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 
 
 class Diverged(RuntimeError):
@@ -156,32 +165,6 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-class Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old = None
-
-    def __enter__(self) -> "Preemption":
-        if threading_is_main():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-
-
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
 def user_message(e: BaseException) -> str:
     """The message of a user error. Errors raised inside DataLoader workers come back with
     the worker's traceback in their text; keep only the original message."""
@@ -195,45 +178,89 @@ def user_message(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     reset_faults()
+    with PreemptionGuard() as preempt:  # from the start: SIGTERM at any moment ends cleanly
+        code = run_in_folder(args, preempt)
+    if code:
+        raise SystemExit(code)
+
+
+def run_in_folder(args: argparse.Namespace, preempt: PreemptionGuard) -> int:
+    """Validate, hold the output folder's lock, then train (or check a finished run); the exit status."""
     try:
         validate_args(args)
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        if (out / "done").exists():
-            # A kill between writing ``done`` and the clean-up leaves these behind.
-            (out / "checkpoint.pt").unlink(missing_ok=True)
-            clean_temp_files(out)
-            print(f"{out} is already done; nothing to do")
-            return
-        check_resume_args(out, args)
-        with tee_output(out / "out.txt", out / "err.txt"):
-            try:
-                code = Trainer(args, out).run()
-            except (ValueError, DatasetError, WeightsError) as e:
-                print(f"error: {user_message(e)}", file=sys.stderr)
-                raise SystemExit(2) from None
-            except Diverged as e:
-                print(f"error: {user_message(e)}", file=sys.stderr)
-                raise SystemExit(EXIT_DIVERGED) from None
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()  # keep the crash in err.txt; the job stays incomplete
-                raise
-        if code:
-            raise SystemExit(code)
-    except (ValueError, DatasetError, WeightsError) as e:
+        with folder_lock(out):
+            fault_point("locked")
+            if (out / "done").exists():
+                return check_finished(out)
+            check_resume_args(out, args)
+            with tee_output(out / "out.txt", out / "err.txt"):
+                return train_reporting_errors(args, out, preempt)
+    except Preempted:
+        print(preempt.notice(), file=sys.stderr)
+        return EXIT_PREEMPTED
+    except USER_ERRORS as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return 2
+
+
+def train_reporting_errors(args: argparse.Namespace, out: Path, preempt: PreemptionGuard) -> int:
+    """Train; expected failures become one ``error:`` line (in err.txt too) and an exit status."""
+    try:
+        return Trainer(args, out, preempt).run()
+    except Preempted:
+        print(preempt.notice(), file=sys.stderr)
+        return EXIT_PREEMPTED
+    except USER_ERRORS as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        return 2
+    except Diverged as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except StorageError as e:
+        print(f"error: {e}; rerun the same command to resume from the last intact checkpoint", file=sys.stderr)
+        return EXIT_STORAGE
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()  # keep the crash in err.txt; the job stays incomplete
+        raise
+
+
+def remove_checkpoints(out: Path) -> None:
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        (out / name).unlink(missing_ok=True)
+        (out / (name + DAMAGED_SUFFIX)).unlink(missing_ok=True)
+
+
+def check_finished(out: Path) -> int:
+    """A rerun of a finished run: clean what a kill after ``done`` left, and check ``model.pt``."""
+    remove_checkpoints(out)
+    clean_temp_files(out)
+    model = out / "model.pt"
+    if model.exists():
+        try:
+            load_verified(model)
+        except DamagedFile as e:
+            raise ValueError(
+                f"{out} is done, but {model} is damaged ({e.reason}). results.jsonl is complete and untouched. "
+                "The final checkpoint was deleted when the run finished, so only training again rebuilds the "
+                f"model: rm {out / 'done'} {model}, then rerun this command (it trains from step 0 and writes "
+                "the same records)."
+            ) from None
+    print(f"{out} is already done; nothing to do")
+    return 0
 
 
 class Trainer:
     """One training run; split out of ``main`` so each phase reads on its own."""
 
-    def __init__(self, args: argparse.Namespace, out: Path):
-        self.args, self.out = args, out
+    def __init__(self, args: argparse.Namespace, out: Path, preempt: PreemptionGuard):
+        self.args, self.out, self.preempt = args, out, preempt
         self.results_path = out / "results.jsonl"
-        self.ckpt_path = out / "checkpoint.pt"
+        self.ckpt_path = out / CHECKPOINT
+        self.prev_ckpt_path = out / PREVIOUS_CHECKPOINT  # the last good one, kept until the next is in place
 
     # -------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -294,20 +321,20 @@ class Trainer:
 
     # -------------------------------------------------------------- checkpoints
     def _resume(self) -> int:
-        """Load ``checkpoint.pt`` if present; returns the first step to run."""
+        """Load the newest intact checkpoint, if any; returns the first step to run."""
         self.log_sums: dict[str, torch.Tensor] = {}
         self.log_count = 0
         self.finished = False
         self.bad_images_at_start = bad_image_count()
-        stale = clean_temp_files(self.out)
+        stale = clean_temp_files(self.out) + clean_temp_files(self.out / "tensorboard")
         if stale:
             print(f"Removed {len(stale)} temporary files of interrupted writes: {', '.join(stale)}")
         records = read_jsonl(self.results_path)
-        if not self.ckpt_path.exists():
+        state, _ = load_newest_intact([self.ckpt_path, self.prev_ckpt_path], self.device)
+        if state is None:
             if records or self.results_path.exists():
                 rewrite_jsonl(self.results_path, [])  # records without a checkpoint cannot be continued
             return 0
-        state = safe_load(self.ckpt_path, map_location=self.device)
         self.algorithm.load_state_dict(state["algorithm"])
         self.algorithm.optimizer.load_state_dict(state["optimizer"])
         self.algorithm.scaler.load_state_dict(state["scaler"])
@@ -323,7 +350,7 @@ class Trainer:
 
     def _save_checkpoint(self, step: int) -> None:
         alg = self.algorithm
-        atomic_torch_save(
+        save_verified(
             {
                 "step": step,
                 "algorithm": alg.state_dict(),
@@ -335,11 +362,12 @@ class Trainer:
                 "finished": self.finished,
             },
             self.ckpt_path,
+            previous=self.prev_ckpt_path,
         )
 
     def _save_model(self, path: Path) -> None:
         net = self.algorithm.eval_network()
-        atomic_torch_save(
+        save_verified(
             {
                 "args": vars(self.args),
                 "hparams": self.hparams,
@@ -380,19 +408,29 @@ class Trainer:
     # -------------------------------------------------------------- loop
     def run(self) -> int:
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
 
         self.setup()
         start = self._resume()
         self._loaders(start)
+        # Points the steps after the checkpoint wrote are recomputed: remove them from the files
+        # (purge_step alone only hides them from TensorBoard). The averaged model is redone too.
+        trim_event_files(self.out / "tensorboard", lambda tag, step: step >= start or tag.startswith("averaged/"))
         writer = SummaryWriter(log_dir=str(self.out / "tensorboard"), purge_step=start if start > 0 else None)
+        try:
+            return self._train(writer, start)
+        finally:
+            writer.close()  # also when leaving on SIGTERM or an error: flushes what was logged
+
+    def _train(self, writer: Any, start: int) -> int:
+        from tqdm import tqdm
+
         alg = self.algorithm
         batches = zip_batches(self.train_loaders)
         uda_batches = zip_batches(self.uda_loaders) if self.uda_loaders else None
         interval_start, interval_steps = time.perf_counter(), 0
         progress = tqdm(total=self.steps, initial=start, desc=f"{self.args.algorithm} {self.args.dataset}",
                         unit="step", file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-        with Preemption() as preempt:
+        with self.preempt.during("training") as preempt:
             step = start
             while step < self.steps and not self.finished:
                 minibatches = next(batches)
@@ -438,6 +476,7 @@ class Trainer:
                     return EXIT_PREEMPTED
                 step += 1
         progress.close()
+        self.preempt.enter("finishing")
         self._finish(writer)
         return 0
 
@@ -458,8 +497,9 @@ class Trainer:
             self._save_model(self.out / "model.pt")
         fault_point("before_done")
         (self.out / "done").write_text("done\n")
+        self.preempt.enter("done")
         fault_point("after_done")
-        self.ckpt_path.unlink(missing_ok=True)  # the finished run no longer needs optimizer state
+        remove_checkpoints(self.out)  # the finished run no longer needs optimizer state
         self._print_summary()
 
     def _bn_batches(self):
