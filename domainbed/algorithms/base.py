@@ -41,6 +41,8 @@ class Algorithm(nn.Module):
     EXPOSES_FEATURES: ClassVar[bool] = False
     # Set on FT-LP variants: the name of the base algorithm they add the prior to.
     FTLP_BASE: ClassVar[str | None] = None
+    # True when the reported model is an average of the trained weights (SWAD): model selection reads it.
+    AVERAGED_MODEL: ClassVar[bool] = False
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, num_domains: int, hparams: Mapping[str, Any]):
         super().__init__()

@@ -40,10 +40,10 @@ from domainbed.lib.tables import (  # noqa: E402
     per_domain_stats,
     table_cells,
 )
-from domainbed.model_selection import (  # noqa: E402
+from domainbed.lib.selection import (  # noqa: E402
     get_selection_method,
-    prepare_records,
     heldout_env_accuracy,
+    prepare_records,
     training_domain_accuracy,
 )
 
