@@ -1,4 +1,4 @@
-"""Seeding and small numeric helpers that follow DomainBed's protocol (DESIGN.md §6)."""
+"""Seeding and small numeric helpers that follow DomainBed's protocol (docs/design.md §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model selection rules: which hparam seed and checkpoint stand for an algorithm.
+"""Model selection rules: which hparam seed and checkpoint stand for an algorithm (docs/design.md §9).
 
 The rules of DomainBed's protocol (arXiv 2007.01434), on the records frame of
 :mod:`domainbed.lib.records`. Records are grouped by (dataset, algorithm, test env, trial

