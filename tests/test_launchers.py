@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from domainbed import launchers as cl
-from domainbed.launchers import Job, LauncherOptions, claims, local, slurm
+from domainbed.launchers import Job, LauncherOptions, local, slurm
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 60.0
