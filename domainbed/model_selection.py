@@ -16,6 +16,7 @@ import pandas as pd
 
 from domainbed.lib.selection import (
     AVERAGED_CKPT,
+    DEFAULT_SELECTION,
     GROUP_KEYS,
     RESULT_COLUMNS,
     RUN_COLUMNS,
@@ -35,6 +36,7 @@ from domainbed.lib.selection import prepare_records as _prepare_records
 
 __all__ = [
     "AVERAGED_CKPT",
+    "DEFAULT_SELECTION",
     "GROUP_KEYS",
     "RESULT_COLUMNS",
     "RUN_COLUMNS",

@@ -167,6 +167,8 @@ def _finish(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 SELECTION_METHODS: Registry["SelectionMethod"] = Registry("selection method")
+# The rules reports use when none are named, in the order their tables are printed.
+DEFAULT_SELECTION: tuple[str, ...] = ("training_domain", "leave_one_out", "oracle")
 
 
 class SelectionMethod:
