@@ -72,8 +72,11 @@ def reports_averaged_model(algorithm: str) -> bool:
     return bool(getattr(cls, "AVERAGED_MODEL", False))
 
 
-# The name older callers use; it reads the trait now, not a "SWAD" name prefix.
-is_swad_family = reports_averaged_model
+def is_swad_family(label: str) -> bool:
+    """Older name kept for lib/tables.py: :func:`reports_averaged_model` of an algorithm, or
+    of either side of a table's ``"A vs B"`` comparison label. Call
+    :func:`reports_averaged_model` on algorithm names instead."""
+    return any(reports_averaged_model(part.strip()) for part in label.split(" vs "))
 
 
 def prepare_records(records: pd.DataFrame | PreparedRecords) -> PreparedRecords:

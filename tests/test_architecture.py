@@ -124,6 +124,8 @@ def test_averaged_model_is_a_declared_trait_read_through_the_registry() -> None:
     assert {"SWAD", "SWAD_FTLP"} <= declared and "ERM" not in declared
     assert all(model_selection.reports_averaged_model(name) for name in declared)
     assert not model_selection.reports_averaged_model("SWAD_not_registered")  # names are not guessed
+    # The older helper tables use also reads the trait, for names and "A vs B" comparison labels.
+    assert model_selection.is_swad_family("SWAD_FTLP vs SWAD") and not model_selection.is_swad_family("ERM_FTLP vs ERM")
 
 
 def _records(algorithms: list[str]) -> pd.DataFrame:
