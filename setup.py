@@ -1,14 +1,29 @@
 """Packaging for domainbed: a DomainBed-compatible DG framework with FT-LP (arXiv 2406.05628)."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+# One source for the version: domainbed/version.py (read as text: setup.py must not import the package).
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "domainbed" / "version.py").read_text(), re.M).group(1)
+
+# Sweep definitions and notebooks stay at the top of the checkout, where users look for
+# them, and are installed as domainbed/resources/<folder>/ so that a wheel has them too
+# (domainbed.lib.resources.path finds either).
+RESOURCES = {"sweeps": ["*.json"], "notebooks": ["*.ipynb"]}
 
 setup(
     name="domainbed",
-    version="0.1.0",
+    version=VERSION,
     description="DomainBed-compatible domain generalization with FT-LP (Fine-Tuning with Large-scale pre-trained Priors)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["domainbed", "domainbed.*"]),
+    license="MIT",
+    packages=find_packages(include=["domainbed", "domainbed.*"]) + [f"domainbed.resources.{d}" for d in RESOURCES],
+    package_dir={f"domainbed.resources.{d}": d for d in RESOURCES},
+    package_data={f"domainbed.resources.{d}": patterns for d, patterns in RESOURCES.items()},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -31,6 +46,6 @@ setup(
         # The `wilds` package (Camelyon17, FMoW). Training reads its on-disk format without it;
         # the tests cross-check that reading against the package itself.
         "wilds": ["wilds>=2.0"],
-        "test": ["pytest>=7", "nbformat>=5", "nbclient>=0.8", "ipykernel>=6", "tabulate>=0.9", "wilds>=2.0"],
+        "test": ["pytest>=7", "nbformat>=5", "nbclient>=0.8", "ipykernel>=6", "tabulate>=0.9", "wilds>=2.0", "ruff>=0.6"],
     },
 )

@@ -3,4 +3,6 @@
 FT-LP: Fine-Tuning with Large-scale pre-trained Priors (arXiv 2406.05628).
 """
 
-__version__ = "0.1.0"
+from domainbed.version import __version__
+
+__all__ = ["__version__"]

@@ -1,263 +1,84 @@
-"""Model selection: which hparam seed and checkpoint stand for an algorithm (DESIGN.md §6).
+"""Model selection: which hparam seed and checkpoint stand for an algorithm.
 
-Records are grouped by (dataset, algorithm, test env, trial seed). Within one job (a
-"run", one hparam seed), a rule picks a checkpoint and gives it a validation score; the
-run with the best score wins (ties: lowest hparams seed). The number reported is always
-the test env's ``in`` accuracy at the chosen checkpoint.
-
-SWAD-family runs report the final averaged model, as SWAD itself does: a run that wrote
-an ``"averaged": true`` record is represented by that record alone. A SWAD-family run
-without one (killed before averaging, or an older writer) falls back to its ordinary
-checkpoints; :func:`prepare_records` lists those runs so reports can say so.
-
-Each rule is a class with ``run_scores`` (one row per run: its chosen checkpoint and
-score) and ``select`` (one row per group: the winning run). ``SELECTION_METHODS`` maps
-the short names used on command lines to instances.
+The rules (training-domain validation, leave-one-domain-out, test-domain oracle) live in
+:mod:`domainbed.lib.selection` and are re-exported here under DomainBed's module name.
+This module adds what ``lib`` may not know: which algorithms report an averaged model,
+read from each algorithm's own ``AVERAGED_MODEL`` trait through the algorithm registry
+(SWAD and every variant built on it), so :func:`prepare_records` can list the runs of
+such algorithms that never wrote their averaged record.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 
-import numpy as np
 import pandas as pd
 
-GROUP_KEYS = ["dataset", "algorithm", "test_env", "trial_seed"]
-RUN_COLUMNS = GROUP_KEYS + ["hparams_seed", "output_dir", "step", "averaged", "n_envs"]
-RESULT_COLUMNS = RUN_COLUMNS + ["val_acc", "test_acc"]
+from domainbed.lib.selection import (
+    AVERAGED_CKPT,
+    DEFAULT_SELECTION,
+    GROUP_KEYS,
+    RESULT_COLUMNS,
+    RUN_COLUMNS,
+    SELECTION_METHODS,
+    LeaveOneDomainOut,
+    OracleSelection,
+    PreparedRecords,
+    SelectionMethod,
+    TrainingDomainValidation,
+    get_selection_method,
+    heldout_env_accuracy,
+    n_envs_of,
+    register_selection_method,
+    training_domain_accuracy,
+)
+from domainbed.lib.selection import prepare_records as _prepare_records
 
-# Checkpoint key of an averaged-model record: SWAD stops at a different step in every
-# run, so the averaged models of a test run and its pair runs are matched as "the final
-# averaged model", not by step.
-AVERAGED_CKPT = -1
+__all__ = [
+    "AVERAGED_CKPT",
+    "DEFAULT_SELECTION",
+    "GROUP_KEYS",
+    "RESULT_COLUMNS",
+    "RUN_COLUMNS",
+    "SELECTION_METHODS",
+    "LeaveOneDomainOut",
+    "OracleSelection",
+    "PreparedRecords",
+    "SelectionMethod",
+    "TrainingDomainValidation",
+    "get_selection_method",
+    "heldout_env_accuracy",
+    "is_swad_family",
+    "n_envs_of",
+    "prepare_records",
+    "register_selection_method",
+    "reports_averaged_model",
+    "training_domain_accuracy",
+]
 
 
-def is_swad_family(algorithm: str) -> bool:
-    """True for algorithms whose reported model is SWAD's averaged one (SWAD, SWAD_FTLP, ...)."""
-    return algorithm.startswith("SWAD")
+@functools.cache
+def reports_averaged_model(algorithm: str) -> bool:
+    """True when ``algorithm`` declares ``AVERAGED_MODEL`` (its reported model is an average).
+
+    Names no longer registered (records of an older or foreign sweep) count as False.
+    """
+    from domainbed.algorithms import get_algorithm_class  # torch and every algorithm: only when asked
+
+    try:
+        cls = get_algorithm_class(algorithm)
+    except ValueError:
+        return False
+    return bool(getattr(cls, "AVERAGED_MODEL", False))
 
 
-@dataclass
-class PreparedRecords:
-    """Records ready for selection plus the SWAD-family runs that lacked an averaged record."""
-
-    df: pd.DataFrame
-    swad_fallback_dirs: list[str]
-
-    def notes(self) -> list[str]:
-        if not self.swad_fallback_dirs:
-            return []
-        shown = ", ".join(self.swad_fallback_dirs[:3])
-        more = ", ..." if len(self.swad_fallback_dirs) > 3 else ""
-        return [
-            f"Note: {len(self.swad_fallback_dirs)} SWAD-family runs have no averaged-model record; "
-            f"their ordinary checkpoints were used instead ({shown}{more})."
-        ]
-
-
-def n_envs_of(df: pd.DataFrame) -> pd.Series:
-    """Number of environments per dataset: one more than the highest env index with an accuracy."""
-    counts: dict[str, int] = {}
-    for dataset, part in df.groupby("dataset", sort=False):
-        present = [i for i in _env_indices(part.columns) if part[f"env{i}_in_acc"].notna().any()]
-        counts[dataset] = max(present) + 1 if present else 0
-    return df["dataset"].map(counts).astype("int64")
-
-
-def _env_indices(columns: pd.Index) -> list[int]:
-    found = []
-    for col in columns:
-        name = str(col)
-        if name.startswith("env") and name.endswith("_in_acc") and name[3:-7].isdigit():
-            found.append(int(name[3:-7]))
-    return sorted(found)
+def is_swad_family(label: str) -> bool:
+    """Older name kept for lib/tables.py: :func:`reports_averaged_model` of an algorithm, or
+    of either side of a table's ``"A vs B"`` comparison label. Call
+    :func:`reports_averaged_model` on algorithm names instead."""
+    return any(reports_averaged_model(part.strip()) for part in label.split(" vs "))
 
 
 def prepare_records(records: pd.DataFrame | PreparedRecords) -> PreparedRecords:
-    """Keep only the averaged record of runs that have one; add ``ckpt`` and ``n_envs``.
-
-    Idempotent: prepared records pass through unchanged.
-    """
-    if isinstance(records, PreparedRecords):
-        return records
-    df = records.copy()
-    if df.empty:
-        df["ckpt"] = pd.Series(dtype="int64")
-        df["n_envs"] = pd.Series(dtype="int64")
-        return PreparedRecords(df, [])
-    run_has_avg = df.groupby("output_dir")["averaged"].any()
-    has_avg = df["output_dir"].map(run_has_avg).astype(bool)
-    df = df[~has_avg | df["averaged"]]
-    # Of several averaged records in one run (should not happen) the last one counts.
-    df = df[~(df["averaged"] & df.duplicated(["output_dir", "averaged"], keep="last"))]
-    runs = df.drop_duplicates("output_dir")
-    fallback = runs[runs["algorithm"].map(is_swad_family) & ~runs["output_dir"].map(run_has_avg).astype(bool)]
-    df = df.assign(
-        ckpt=np.where(df["averaged"], AVERAGED_CKPT, df["step"]).astype("int64"),
-        n_envs=n_envs_of(df),
-    )
-    return PreparedRecords(df.reset_index(drop=True), sorted(fallback["output_dir"].tolist()))
-
-
-def _acc(df: pd.DataFrame, split: str, env: np.ndarray) -> np.ndarray:
-    """``env{env[r]}_{split}_acc`` of each row r (NaN where absent)."""
-    out = np.full(len(df), np.nan)
-    for i in np.unique(env):
-        col = f"env{i}_{split}_acc"
-        if col in df.columns:
-            rows = env == i
-            out[rows] = df.loc[rows, col].to_numpy(dtype=float)
-    return out
-
-
-def heldout_env_accuracy(df: pd.DataFrame, split: str = "in") -> np.ndarray:
-    """Each single-test-env record's test-env accuracy on ``split`` (NaN for other records)."""
-    single = (df["n_test_envs"] == 1).to_numpy()
-    env = np.where(single, df["test_env"].fillna(-1).to_numpy(dtype="int64"), -1)
-    return _acc(df, split, env)
-
-
-def training_domain_accuracy(df: pd.DataFrame) -> np.ndarray:
-    """Mean ``out`` accuracy over the envs of each record that are not test envs."""
-    return _training_domain_out_mean(df)
-
-
-def _training_domain_out_mean(df: pd.DataFrame) -> np.ndarray:
-    """Mean ``out`` accuracy over the envs of each record that are not test envs."""
-    total = np.zeros(len(df))
-    count = np.zeros(len(df))
-    test_sets = df["test_envs"].tolist()
-    for i in _env_indices(df.columns):
-        col = f"env{i}_out_acc"
-        if col not in df.columns:
-            continue
-        vals = df[col].to_numpy(dtype=float)
-        use = ~np.isnan(vals) & np.array([i not in t for t in test_sets], dtype=bool)
-        total[use] += vals[use]
-        count[use] += 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def _empty() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in RESULT_COLUMNS})
-
-
-def _finish(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.dropna(subset=["val_acc", "test_acc"])
-    if frame.empty:
-        return _empty()
-    frame = frame[RESULT_COLUMNS].copy()
-    frame["test_env"] = frame["test_env"].astype("int64")
-    return frame.reset_index(drop=True)
-
-
-class SelectionMethod:
-    """A model-selection rule. Subclasses implement :meth:`_scores`."""
-
-    name: str = ""
-    title: str = ""
-
-    def _scores(self, df: pd.DataFrame) -> pd.DataFrame:
-        """Every candidate checkpoint with ``val_acc`` and ``test_acc`` (RESULT_COLUMNS + ckpt)."""
-        raise NotImplementedError
-
-    def run_scores(self, records: pd.DataFrame | PreparedRecords) -> pd.DataFrame:
-        """One row per run: the checkpoint this rule picks, its score and test accuracy."""
-        df = prepare_records(records).df
-        if df.empty:
-            return _empty()
-        cands = self._scores(df)
-        if cands.empty:
-            return _empty()
-        # Best score first; ties go to the earliest checkpoint.
-        cands = cands.sort_values(["val_acc", "ckpt"], ascending=[False, True], kind="mergesort")
-        return _finish(cands.drop_duplicates("output_dir", keep="first"))
-
-    def select(self, records: pd.DataFrame | PreparedRecords) -> pd.DataFrame:
-        """One row per (dataset, algorithm, test_env, trial_seed): the winning run."""
-        runs = self.run_scores(records)
-        if runs.empty:
-            return runs
-        runs = runs.sort_values(["val_acc", "hparams_seed"], ascending=[False, True], kind="mergesort")
-        best = runs.drop_duplicates(GROUP_KEYS, keep="first")
-        return best.sort_values(GROUP_KEYS).reset_index(drop=True)
-
-
-class TrainingDomainValidation(SelectionMethod):
-    """The checkpoint with the best mean ``out`` accuracy over the training envs."""
-
-    name = "training_domain"
-    title = "training-domain validation"
-
-    def _scores(self, df: pd.DataFrame) -> pd.DataFrame:
-        single = df[df["n_test_envs"] == 1].reset_index(drop=True)
-        env = single["test_env"].to_numpy(dtype="int64")
-        return single.assign(val_acc=_training_domain_out_mean(single), test_acc=_acc(single, "in", env))
-
-
-class OracleSelection(SelectionMethod):
-    """The last checkpoint (no early stopping), scored by the test env's ``out`` accuracy."""
-
-    name = "oracle"
-    title = "test-domain validation (oracle)"
-
-    def _scores(self, df: pd.DataFrame) -> pd.DataFrame:
-        single = df[df["n_test_envs"] == 1]
-        # Averaged records sort last, so a run that has one is represented by it.
-        order = single.assign(_last=single["averaged"].astype(int))
-        last = order.sort_values(["_last", "step", "record_index"], kind="mergesort").drop_duplicates(
-            "output_dir", keep="last"
-        )
-        last = last.drop(columns="_last").reset_index(drop=True)
-        env = last["test_env"].to_numpy(dtype="int64")
-        return last.assign(val_acc=_acc(last, "out", env), test_acc=_acc(last, "in", env))
-
-
-class LeaveOneDomainOut(SelectionMethod):
-    """Validation on the held-out training env of the runs that left out two envs.
-
-    For test env t, at each checkpoint, the score is the mean over the other envs v of
-    env v's ``in`` accuracy in the run (same hparams and trial seed) that left out
-    {t, v}; a checkpoint missing any such run is skipped. Nothing is returned when the
-    sweep has no runs with two test envs.
-    """
-
-    name = "leave_one_out"
-    title = "leave-one-domain-out validation"
-
-    def _scores(self, df: pd.DataFrame) -> pd.DataFrame:
-        pairs = df[df["n_test_envs"] == 2]
-        if pairs.empty:
-            return pd.DataFrame()
-        key = ["dataset", "algorithm", "trial_seed", "hparams_seed", "ckpt"]
-        first = pairs["test_envs"].map(lambda t: t[0]).to_numpy(dtype="int64")
-        second = pairs["test_envs"].map(lambda t: t[1]).to_numpy(dtype="int64")
-        # Each pair run {a, b} validates test env a on env b and test env b on env a.
-        val = pd.concat(
-            [
-                pairs[key].assign(test_env=first, v=second, val=_acc(pairs, "in", second)),
-                pairs[key].assign(test_env=second, v=first, val=_acc(pairs, "in", first)),
-            ]
-        ).dropna(subset=["val"])
-        agg = val.groupby(key + ["test_env"], as_index=False).agg(val_acc=("val", "mean"), n_v=("v", "nunique"))
-        single = df[df["n_test_envs"] == 1].assign(test_env=lambda d: d["test_env"].astype("int64"))
-        merged = single.merge(agg, on=key + ["test_env"], how="inner")
-        merged = merged[merged["n_v"] == merged["n_envs"] - 1].reset_index(drop=True)
-        env = merged["test_env"].to_numpy(dtype="int64")
-        return merged.assign(test_acc=_acc(merged, "in", env))
-
-
-SELECTION_METHODS: dict[str, SelectionMethod] = {
-    m.name: m for m in (TrainingDomainValidation(), LeaveOneDomainOut(), OracleSelection())
-}
-
-
-def get_selection_method(name: str) -> SelectionMethod:
-    """The rule registered as ``name``; the error lists the valid names."""
-    try:
-        return SELECTION_METHODS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown selection method {name!r}; choose from {', '.join(SELECTION_METHODS)}"
-        ) from None
+    """:func:`domainbed.lib.selection.prepare_records` with the algorithms' ``AVERAGED_MODEL`` trait."""
+    return _prepare_records(records, reports_averaged_model)

@@ -1,14 +1,27 @@
-"""Shared fixtures. Tests run on the CPU, offline, with small thread counts."""
+"""Shared fixtures. Tests run on the CPU, offline, with small thread counts.
+
+Helper modules of the test suite (``fixtures_records``) are reached through fixtures
+defined here, not by editing ``sys.path`` in each test file: pytest puts this folder on
+the path when it loads this conftest.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
+import fixtures_records
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (end-to-end, builds); deselect with -m 'not slow'")
 
 
 @pytest.fixture
@@ -22,3 +35,17 @@ def empty_torch_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield hub
     torch.hub.set_dir(old)
+
+
+@pytest.fixture(scope="session")
+def records_fixture() -> ModuleType:
+    """The synthetic-sweep module (:mod:`fixtures_records`): its layout constants and writers."""
+    return fixtures_records
+
+
+@pytest.fixture
+def record_sweep(tmp_path: Path) -> Path:
+    """A synthetic sweep folder written by :func:`fixtures_records.write_sweep`."""
+    sweep = tmp_path / "sweep"
+    fixtures_records.write_sweep(sweep)
+    return sweep

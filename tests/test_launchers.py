@@ -1,4 +1,9 @@
-"""Command launchers: registry, claiming, local / multi_gpu / slurm (through submitit locally)."""
+"""Command launchers: registry, claiming, local / multi_gpu / slurm (through submitit locally).
+
+Concurrency is synchronised on files the jobs write, never on sleeps: a gated job records
+its start, then waits until the test creates the gate file, so the test knows which jobs
+run at the same time.
+"""
 
 from __future__ import annotations
 
@@ -14,21 +19,27 @@ from pathlib import Path
 
 import pytest
 
-from domainbed import command_launchers as cl
-from domainbed.command_launchers import Job, LauncherOptions
+from domainbed import launchers as cl
+from domainbed.launchers import Job, LauncherOptions, local, slurm
 
 REPO = Path(__file__).resolve().parents[1]
+DEADLINE_S = 60.0
 
-# A job that records each start, sleeps SLEEP seconds, then writes `done` (or exits 3 when told to fail).
+# A job that records each start, waits for the GATE file if one is named (so the test
+# decides when it ends), then writes `done` (or exits 3 when told to fail).
 JOB_CODE = """
 import os, sys, time
 from pathlib import Path
-out, log, sleep, fail = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4] == "fail"
+out, log, gate, fail = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "fail"
 out.mkdir(parents=True, exist_ok=True)
 with open(log, "a") as fh:
     fh.write(f"{out.name} {os.environ.get('CUDA_VISIBLE_DEVICES')}\\n")
 print("hello from", out.name)
-time.sleep(sleep)
+deadline = time.monotonic() + 60
+while gate and not os.path.exists(gate):
+    if time.monotonic() > deadline:
+        sys.exit("the test never opened the gate")
+    time.sleep(0.01)
 if fail:
     print("boom", file=sys.stderr)
     sys.exit(3)
@@ -56,14 +67,29 @@ sys.exit(1)
 """
 
 
-def make_job(root: Path, name: str, log: Path, sleep: float = 0.0, fail: bool = False) -> Job:
+def make_job(root: Path, name: str, log: Path, gate: Path | None = None, fail: bool = False) -> Job:
     out = root / name
-    argv = [sys.executable, "-c", JOB_CODE, str(out), str(log), str(sleep), "fail" if fail else "ok"]
+    argv = [sys.executable, "-c", JOB_CODE, str(out), str(log), str(gate or ""), "fail" if fail else "ok"]
     return Job(argv=argv, output_dir=out)
 
 
 def starts(log: Path) -> list[str]:
     return log.read_text().split("\n")[:-1] if log.exists() else []
+
+
+def wait_for(condition, what: str) -> None:
+    """Wait until ``condition()`` holds (an event a job wrote to disk); fail loudly at the deadline."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def run_in_threads(*targets) -> list[threading.Thread]:
+    threads = [threading.Thread(target=t, daemon=True) for t in targets]
+    for t in threads:
+        t.start()
+    return threads
 
 
 @pytest.fixture
@@ -82,11 +108,18 @@ def pythonpath(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_registry_lists_builtins_and_rejects_unknown_and_duplicates() -> None:
     assert {"dummy", "local", "multi_gpu", "slurm"} <= set(cl.launcher_names())
-    assert cl.get_launcher("local") is cl.local_launcher
+    assert cl.get_launcher("local") is local.local_launcher
     with pytest.raises(ValueError, match=r"unknown command launcher 'nope'.*dummy, local, multi_gpu, slurm"):
         cl.get_launcher("nope")
     with pytest.raises(ValueError, match="registered twice"):
-        cl.register_launcher("local")(cl.dummy_launcher)
+        cl.register_launcher("local")(local.dummy_launcher)
+
+
+def test_old_module_name_reexports_the_launchers() -> None:
+    from domainbed import command_launchers
+
+    assert command_launchers.get_launcher is cl.get_launcher and command_launchers.Job is Job
+    assert command_launchers.SubmititTrainJob is slurm.SubmititTrainJob
 
 
 def test_dummy_prints_commands_and_runs_nothing(tmp_path: Path, quiet: LauncherOptions, capsys) -> None:
@@ -167,20 +200,22 @@ def test_local_skips_jobs_another_launch_claimed(tmp_path: Path, quiet: Launcher
     log = tmp_path / "log"
     jobs = [make_job(tmp_path / "sweep", name, log) for name in "ab"]
     assert cl.claim(jobs[0]) is not None
-    summary = cl.local_launcher(jobs, quiet)
+    summary = local.local_launcher(jobs, quiet)
     assert (summary.started, summary.skipped) == (1, 1)
     assert [line.split()[0] for line in starts(log)] == ["b"]
 
 
 def test_two_concurrent_local_launches_run_each_job_once(tmp_path: Path, quiet: LauncherOptions) -> None:
-    log = tmp_path / "log"
-    jobs = [make_job(tmp_path / "sweep", f"job{i}", log, sleep=0.3) for i in range(4)]
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    jobs = [make_job(tmp_path / "sweep", f"job{i}", log, gate=gate) for i in range(4)]
     summaries: list[cl.LaunchSummary] = []
-    threads = [threading.Thread(target=lambda: summaries.append(cl.local_launcher(jobs, quiet))) for _ in range(2)]
+    threads = run_in_threads(*[lambda: summaries.append(local.local_launcher(jobs, quiet))] * 2)
+    # Both launches are inside a job at once: the second skipped the first's claim and took the next.
+    wait_for(lambda: len(starts(log)) == 2, "both launches to start a job")
+    assert sorted(line.split()[0] for line in starts(log)) == ["job0", "job1"]
+    gate.touch()
     for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        t.join(DEADLINE_S)
     names = sorted(line.split()[0] for line in starts(log))
     assert names == [f"job{i}" for i in range(4)]
     assert sum(s.started for s in summaries) == 4 and sum(s.skipped for s in summaries) == 4
@@ -195,14 +230,22 @@ def test_two_concurrent_local_launches_run_each_job_once(tmp_path: Path, quiet: 
 )
 def test_visible_gpus_follows_cuda_visible_devices(monkeypatch, env: str, expected: list[str]) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
-    assert cl.visible_gpus() == expected
+    assert local.visible_gpus() == expected
 
 
 def test_multi_gpu_pins_one_gpu_per_job(tmp_path: Path, quiet: LauncherOptions, monkeypatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    log = tmp_path / "log"
-    jobs = [make_job(tmp_path / "sweep", f"job{i}", log, sleep=0.2, fail=(i == 1)) for i in range(4)]
-    summary = cl.get_launcher("multi_gpu")(jobs, quiet)
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    jobs = [make_job(tmp_path / "sweep", f"job{i}", log, gate=gate, fail=(i == 1)) for i in range(4)]
+    result: list[cl.LaunchSummary] = []
+    (runner,) = run_in_threads(lambda: result.append(cl.get_launcher("multi_gpu")(jobs, quiet)))
+    # Two GPUs: two jobs run at once, on different GPUs, and no third starts while they hold them.
+    wait_for(lambda: len(starts(log)) == 2, "two jobs to start")
+    assert sorted(line.split()[1] for line in starts(log)) == ["3", "5"]
+    gate.touch()
+    runner.join(DEADLINE_S)
+    assert result, "the launcher did not return"
+    summary = result[0]
     assert (summary.started, summary.failed) == (4, 1)
     seen = dict(line.split() for line in starts(log))
     assert sorted(seen) == [f"job{i}" for i in range(4)]
@@ -212,7 +255,7 @@ def test_multi_gpu_pins_one_gpu_per_job(tmp_path: Path, quiet: LauncherOptions, 
 def test_multi_gpu_without_gpus_says_what_to_do(tmp_path: Path, quiet: LauncherOptions, monkeypatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(SystemExit, match="no GPU is visible.*--command_launcher local"):
-        cl.multi_gpu_launcher([make_job(tmp_path, "job", tmp_path / "log")], quiet)
+        local.multi_gpu_launcher([make_job(tmp_path, "job", tmp_path / "log")], quiet)
 
 
 # ----------------------------------------------------------------------------- slurm
@@ -222,24 +265,23 @@ def test_slurm_settings_come_from_flags_then_environment(tmp_path: Path, monkeyp
     monkeypatch.setenv("DOMAINBED_SLURM_TIME", "7")
     monkeypatch.setenv("DOMAINBED_SLURM_CPUS", "3")
     monkeypatch.setenv("DOMAINBED_SUBMITIT_LOCAL", "1")
-    executor = cl._make_executor(tmp_path, LauncherOptions(slurm_cpus=2, slurm_mem=4))
+    executor = slurm.make_executor(tmp_path, LauncherOptions(slurm_cpus=2, slurm_mem=4))
     assert type(executor).__name__ == "LocalExecutor"
     assert executor.parameters["timeout_min"] == 7  # from the environment
     assert executor.parameters["cpus_per_task"] == 2  # the flag wins
     assert executor.parameters["mem_gb"] == 4
     monkeypatch.setenv("DOMAINBED_SLURM_GPUS", "two")
     with pytest.raises(ValueError, match="DOMAINBED_SLURM_GPUS"):
-        cl._make_executor(tmp_path, LauncherOptions())
+        slurm.make_executor(tmp_path, LauncherOptions())
 
 
-@pytest.mark.skipif(cl.SubmititTrainJob.__mro__[1] is object, reason="submitit is not installed")
 def test_slurm_without_slurm_points_to_the_local_executor(tmp_path: Path, monkeypatch) -> None:
     import submitit
 
     monkeypatch.delenv("DOMAINBED_SUBMITIT_LOCAL", raising=False)
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: -1))
     with pytest.raises(SystemExit, match="--slurm_local"):
-        cl._make_executor(tmp_path, LauncherOptions())
+        slurm.make_executor(tmp_path, LauncherOptions())
 
 
 def test_slurm_through_local_executor_runs_jobs_and_counts_failures(tmp_path: Path, pythonpath) -> None:
@@ -251,7 +293,7 @@ def test_slurm_through_local_executor_runs_jobs_and_counts_failures(tmp_path: Pa
     assert (summary.started, summary.failed) == (2, 1)
     assert (sweep / "ok" / "done").exists() and not (sweep / "bad" / "done").exists()
     assert cl.lock_status(sweep / "ok") == "none"
-    assert cl.slurm_launcher(jobs, options).skipped == 2  # already claimed: never submitted twice
+    assert slurm.slurm_launcher(jobs, options).skipped == 2  # already claimed: never submitted twice
 
 
 def test_slurm_job_is_requeued_on_preemption_and_resumes(tmp_path: Path, pythonpath) -> None:
@@ -259,13 +301,9 @@ def test_slurm_job_is_requeued_on_preemption_and_resumes(tmp_path: Path, pythonp
     job = Job(argv=[sys.executable, "-c", PREEMPTIBLE_CODE, str(out)], output_dir=out)
     options = LauncherOptions(progress=False, slurm_local=True, slurm_time=3, submitit_dir=tmp_path / "submitit")
     result: list[cl.LaunchSummary] = []
-    runner = threading.Thread(target=lambda: result.append(cl.slurm_launcher([job], options)))
-    runner.start()
-    deadline = time.monotonic() + 60
-    while not (out / "worker_pid").exists():
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.1)
-    time.sleep(0.2)
+    (runner,) = run_in_threads(lambda: result.append(slurm.slurm_launcher([job], options)))
+    # The trainer writes worker_pid after installing its SIGTERM handler: from then on it checkpoints.
+    wait_for(lambda: (out / "worker_pid").exists() and (out / "worker_pid").read_text(), "the job to start")
     # What Slurm does before pre-empting: submitit's USR2 to the worker running our callable.
     os.kill(int((out / "worker_pid").read_text()), signal.SIGUSR2)
     runner.join(timeout=90)

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import fixtures_records as fx  # noqa: E402
+from domainbed.lib import resources
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK = REPO / "notebooks" / "per_domain_accuracy.ipynb"
+NOTEBOOK = resources.path("notebooks/per_domain_accuracy.ipynb")
 
 
 def test_notebook_is_stored_without_outputs():
@@ -28,9 +25,8 @@ def test_notebook_is_stored_without_outputs():
     assert 'os.environ.get("DOMAINBED_SWEEP_DIR", "demo_sweep")' in "".join(code[0]["source"])
 
 
-def test_notebook_executes_on_fixture_sweep(tmp_path, monkeypatch):
-    sweep = tmp_path / "sweep"
-    fx.write_sweep(sweep)
+def test_notebook_executes_on_fixture_sweep(record_sweep, tmp_path, monkeypatch):
+    sweep = record_sweep
     # The kernel inherits this environment (conftest sets MPLBACKEND=Agg; the notebook
     # switches to inline itself): point it at the sweep, make the repo
     # importable, and keep matplotlib's cache out of the home directory.

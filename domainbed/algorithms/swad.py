@@ -29,6 +29,8 @@ def has_batchnorm(module: nn.Module) -> bool:
 class SWAD(ERM):
     """ERM whose reported model is the SWAD average of its weights."""
 
+    AVERAGED_MODEL = True
+
     HPARAMS = {
         "swad_n_converge": HParam(3, help="segments in the window that detects the valley's start"),
         "swad_n_tolerance": HParam(6, help="segments above the threshold that end the valley"),

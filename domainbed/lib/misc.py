@@ -1,4 +1,4 @@
-"""Seeding and small numeric helpers that follow DomainBed's protocol (DESIGN.md §6)."""
+"""Seeding and small numeric helpers that follow DomainBed's protocol (docs/design.md §9)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def seed_hash(*args: Any) -> int:
     DomainBed's convention: the md5 of ``str(args)`` read as an integer, modulo 2**31.
     Keeping it bit-for-bit lets our splits and hparam draws match DomainBed sweeps.
     """
-    digest = hashlib.md5(str(args).encode("utf-8")).hexdigest()
+    digest = hashlib.md5(str(args).encode("utf-8"), usedforsecurity=False).hexdigest()
     return int(digest, 16) % (2**31)
 
 

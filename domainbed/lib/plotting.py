@@ -32,6 +32,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from domainbed.lib.records import RecordLoad, load_records  # noqa: E402
+from domainbed.lib.selection import (  # noqa: E402
+    get_selection_method,
+    heldout_env_accuracy,
+    prepare_records,
+    training_domain_accuracy,
+)
 from domainbed.lib.tables import (  # noqa: E402
     SweepLayout,
     dataset_tables,
@@ -39,12 +45,6 @@ from domainbed.lib.tables import (  # noqa: E402
     ftlp_comparisons,
     per_domain_stats,
     table_cells,
-)
-from domainbed.model_selection import (  # noqa: E402
-    get_selection_method,
-    prepare_records,
-    heldout_env_accuracy,
-    training_domain_accuracy,
 )
 
 Records = pd.DataFrame | RecordLoad | str | os.PathLike

@@ -1,6 +1,6 @@
 """Load the ``results.jsonl`` files of a sweep into one pandas DataFrame.
 
-A sweep directory holds one output directory per training job (DESIGN.md §6). Each job
+A sweep directory holds one output directory per training job (docs/design.md §7). Each job
 appends one JSON object per checkpoint to ``results.jsonl`` and writes a ``done`` file
 last, so a job without ``done`` is still running or crashed. Sweeps are routinely read
 while jobs are running or after some were killed, so nothing here raises on a partial

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -10,8 +10,10 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """``@registry.register()`` records an object under its ``__name__`` (or a given name).
 
-    Duplicates are an error; :meth:`get` of an unknown name raises a ``ValueError`` that
-    lists the valid names, so a typo on the command line tells the user what to type.
+    Duplicates are an error; :meth:`get` (and ``registry[name]``) of an unknown name raises
+    a ``ValueError`` that lists the valid names, so a typo on the command line tells the
+    user what to type. Iterating gives the names, sorted, so ``choices=list(registry)``
+    works in argparse.
     """
 
     def __init__(self, kind: str, plural: str | None = None):
@@ -21,7 +23,7 @@ class Registry(Generic[T]):
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
         def decorate(obj: T) -> T:
-            key = name or getattr(obj, "__name__")
+            key = name or obj.__name__  # type: ignore[attr-defined]
             if key in self._items:
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
             self._items[key] = obj
@@ -35,8 +37,16 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]
         except KeyError:
             raise ValueError(f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self.names())}") from None
+
+    __getitem__ = get

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from domainbed.lib import resources
 from domainbed.scripts import collect_results, run_notebook, sweep
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def per_domain_accuracy(sweep_dir: str) -> str:
@@ -38,19 +37,21 @@ def per_domain_accuracy(sweep_dir: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m domainbed.scripts.demo", description=__doc__)
     p.add_argument("--output_dir", default="demo_sweep")
-    p.add_argument("--sweep", default=str(REPO / "sweeps" / "offline_demo.json"))
+    p.add_argument("--sweep", default=None, help="sweep definition (default: the packaged sweeps/offline_demo.json)")
     args = p.parse_args(argv)
+    sweep_file = args.sweep or str(resources.path("sweeps/offline_demo.json"))
     start = time.perf_counter()
-    code = sweep.main(["launch", "--sweep", args.sweep, "--output_dir", args.output_dir,
+    code = sweep.main(["launch", "--sweep", sweep_file, "--output_dir", args.output_dir,
                        "--command_launcher", "local", "--skip_confirmation"])
     print(f"\nSweep finished in {time.perf_counter() - start:.0f} s (exit code {code}).\n")
     print(collect_results.collect(args.output_dir, selection=["training_domain", "oracle"], fmt="text"))
     print(per_domain_accuracy(args.output_dir))
     sweep_dir = Path(args.output_dir).resolve()
     executed = sweep_dir / "per_domain_accuracy.executed.ipynb"
-    figures = run_notebook.execute(run_notebook.DEFAULT_NOTEBOOK, sweep_dir, executed)
+    notebook = run_notebook.default_notebook()
+    figures = run_notebook.execute(notebook, sweep_dir, executed)
     print(f"Executed notebook: {executed} (figures: {sweep_dir / 'figures'}, {len(figures)} PNG files)")
-    print(f"Point the notebook at it: DOMAINBED_SWEEP_DIR={sweep_dir} jupyter notebook {run_notebook.DEFAULT_NOTEBOOK}")
+    print(f"Point the notebook at it: DOMAINBED_SWEEP_DIR={sweep_dir} jupyter notebook {notebook}")
     print(f"TensorBoard:              tensorboard --logdir {sweep_dir}")
     if code:
         raise SystemExit(code)

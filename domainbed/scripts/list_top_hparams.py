@@ -19,9 +19,7 @@ import pandas as pd
 
 from domainbed.lib.records import load_records
 from domainbed.lib.tables import env_names, format_grid, format_number
-from domainbed.model_selection import SELECTION_METHODS, get_selection_method, prepare_records
-
-DEFAULT_SELECTION = ("training_domain", "leave_one_out", "oracle")
+from domainbed.model_selection import DEFAULT_SELECTION, SELECTION_METHODS, get_selection_method, prepare_records
 
 
 def _check_choice(df: pd.DataFrame, column: str, value: object, flag: str) -> pd.DataFrame:

@@ -14,8 +14,14 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_NOTEBOOK = REPO / "notebooks" / "per_domain_accuracy.ipynb"
+from domainbed.lib import resources
+
+DEFAULT_NOTEBOOK_NAME = "per_domain_accuracy.ipynb"
+
+
+def default_notebook() -> Path:
+    """The per-domain accuracy notebook shipped with the package (checkout or wheel)."""
+    return resources.path(f"notebooks/{DEFAULT_NOTEBOOK_NAME}")
 
 
 def execute(notebook: Path, sweep_dir: Path, output: Path, timeout: int = 600) -> list[Path]:
@@ -50,11 +56,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m domainbed.scripts.run_notebook", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep_dir", type=Path, default=Path("demo_sweep"))
-    p.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK)
+    p.add_argument("--notebook", type=Path, default=None, help=f"default: the packaged notebooks/{DEFAULT_NOTEBOOK_NAME}")
     p.add_argument("--output", type=Path, default=None, help="default: SWEEP_DIR/<name>.executed.ipynb")
     args = p.parse_args(argv)
-    output = args.output or args.sweep_dir / f"{args.notebook.stem}.executed.ipynb"
-    figures = execute(args.notebook, args.sweep_dir, output)
+    notebook = args.notebook or default_notebook()
+    output = args.output or args.sweep_dir / f"{notebook.stem}.executed.ipynb"
+    figures = execute(notebook, args.sweep_dir, output)
     print(f"Executed notebook: {output}")
     print(f"Figures: {', '.join(str(f) for f in figures) or 'none'}")
 

@@ -1,0 +1,72 @@
+"""Sweep definitions and notebooks resolve from the checkout and from an installed wheel."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from domainbed.lib import resources
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_checkout_files_resolve_and_bad_names_say_what_exists() -> None:
+    assert resources.path("sweeps/offline_demo.json") == REPO / "sweeps" / "offline_demo.json"
+    assert resources.path("notebooks/per_domain_accuracy.ipynb") == REPO / "notebooks" / "per_domain_accuracy.ipynb"
+    assert resources.folder("sweeps") == REPO / "sweeps"
+    assert "ftlp_paper.json" in resources.names("sweeps")
+    with pytest.raises(FileNotFoundError, match=r"available in sweeps/: .*offline_demo\.json"):
+        resources.path("sweeps/nope.json")
+    for bad in ("../setup.py", "sweeps/../setup.py", "/etc/passwd", "data/x.json", "sweeps"):
+        with pytest.raises(ValueError, match="expected '<folder>/<file>'"):
+            resources.path(bad)
+
+
+# Run from an unpacked wheel, away from the checkout: everything printed must lie inside the wheel.
+PROBE = """
+import json
+from domainbed.lib import resources
+from domainbed.scripts import run_notebook
+print(json.dumps({
+    "package": __import__("domainbed").__file__,
+    "sweep": str(resources.path("sweeps/offline_demo.json")),
+    "sweeps": resources.names("sweeps"),
+    "notebook": str(run_notebook.default_notebook()),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_resources_resolve_from_a_built_wheel(tmp_path: Path) -> None:
+    # Build from a copy of the sources, so that the build leaves nothing in the checkout.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "README.md", "LICENSE", "domainbed", "sweeps", "notebooks"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy(REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(wheels), str(src)],
+        check=True, cwd=tmp_path, capture_output=True,
+    )
+    (wheel,) = wheels.glob("domainbed-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+        names = zf.namelist()
+    assert "domainbed/resources/sweeps/offline_demo.json" in names
+    assert "domainbed/resources/notebooks/per_domain_accuracy.ipynb" in names
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    probe = subprocess.run([sys.executable, "-c", PROBE], check=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+    found = json.loads(probe.stdout)
+    assert Path(found["package"]).is_relative_to(site)  # the wheel's package, not the checkout's
+    assert found["sweep"] == str(site / "domainbed" / "resources" / "sweeps" / "offline_demo.json")
+    assert found["notebook"] == str(site / "domainbed" / "resources" / "notebooks" / "per_domain_accuracy.ipynb")
+    assert sorted(found["sweeps"]) == sorted(p.name for p in (REPO / "sweeps").glob("*.json"))
