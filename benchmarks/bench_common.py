@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
 from bench_variants import FoldedPriorFTLP, NaiveFTLP
+
 from domainbed import hparams_registry
 from domainbed.algorithms import Algorithm, get_algorithm_class
 

@@ -23,9 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from bench_common import Config, Setting, build, synchronize
 from PIL import Image
 
-from bench_common import Config, Setting, build, synchronize
 from domainbed.datasets.augment_params import sample_generator
 from domainbed.datasets.transforms import TrainAugment
 

@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 import torch
-
 from bench_common import Config, MemoryMeter, Setting, build, synchronize
+
 from domainbed.lib.evaluation import evaluate
 
 
@@ -53,7 +53,6 @@ def measure_evaluation(s: Setting, eval_batch: int, meter: MemoryMeter) -> dict[
             times.append(time.perf_counter() - t0)
         out[name] = {"images_per_s": n / statistics.median(times), "times_s": times}
     out["speedup"] = out["inference_mode_large_batch"]["images_per_s"] / out["no_grad_train_batch"]["images_per_s"]
-    del alg
     gc.collect()
     return out
 

@@ -10,9 +10,9 @@ import time
 from typing import Any, Sequence
 
 import torch
-
 from bench_common import DOMAINBED_STYLE, Config, MemoryMeter, Setting, build, run_steps, synchronize
 from bench_variants import FoldedPriorFTLP
+
 from domainbed.algorithms import Algorithm
 
 
@@ -107,7 +107,7 @@ def measure_group(configs: Sequence[Config], s: Setting, data: list, meter: Memo
             run_steps(alg, data, s.steps, config.sync_every_step)
             synchronize(s.device)
             times[name].append((time.perf_counter() - t0) / s.steps)
-    for name, (config, alg) in built.items():
+    for name, (_config, alg) in built.items():
         step = statistics.median(times[name])
         results[name].update({
             "step_time_s": step,

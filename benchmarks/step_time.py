@@ -43,12 +43,12 @@ for _path in (BENCH_DIR, REPO_ROOT):  # runs from a checkout without installing 
         sys.path.insert(0, str(_path))
 
 import torch  # noqa: E402
-
 from bench_ablations import run_ablations  # noqa: E402
 from bench_common import HPARAM_DATASET, MemoryMeter, Setting, device_name, make_batches  # noqa: E402
 from bench_data import PIPELINES, measure_data  # noqa: E402
 from bench_eval import measure_evaluation  # noqa: E402
 from bench_steps import run_main  # noqa: E402
+
 from domainbed import hparams_registry  # noqa: E402
 
 # --quick: one intra-op thread, because on a shared 2-core machine two OpenMP threads keep

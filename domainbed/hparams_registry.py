@@ -1,4 +1,4 @@
-"""Hyper-parameters with DomainBed's semantics (DESIGN.md §6).
+"""Hyper-parameters with DomainBed's semantics (docs/design.md).
 
 * ``hparams_seed == 0`` gives the defaults.
 * Otherwise every hparam is drawn from its own ``RandomState`` seeded with
@@ -40,7 +40,7 @@ def _family_hparams(family: str) -> dict[str, HParam]:
             "mnist_cnn" if small else ("efficientnet_lite0" if subset else "resnet50"),
             help="featurizer: mnist_cnn, resnet18, resnet50, efficientnet_lite0, vit_b_16 or any timm name",
         ),
-        "pretrained": HParam(not small, help="load ImageNet weights (offline, see DESIGN.md §5)"),
+        "pretrained": HParam(not small, help="load ImageNet weights (offline; README.md: Pretrained weights, offline)"),
         "weights_path": HParam("", help="explicit pretrained-weights file; empty: look in the caches"),
         "freeze_bn": HParam("auto", help="keep BatchNorm statistics frozen; auto: True for ResNets"),
         "image_size": HParam(32 if subset else 224, help="input resolution of image datasets"),
@@ -56,7 +56,7 @@ def _family_hparams(family: str) -> dict[str, HParam]:
         h["batch_size"] = HParam(64, pow2_int(3, 9))
         h["weight_decay"] = HParam(0.0)
     elif subset:
-        # Calibrated on 2 CPU cores (DESIGN.md §5): lr 1e-4 underfits EfficientNet-Lite0 here.
+        # Calibrated on 2 CPU cores (README.md, "The MNIST subsets are not MNIST"): lr 1e-4 underfits EfficientNet-Lite0 here.
         h["lr"] = HParam(1e-3, log_uniform(-3.5, -2.5))
         h["batch_size"] = HParam(16, pow2_int(3, 5))
         h["weight_decay"] = HParam(0.0, log_uniform(-6, -2))

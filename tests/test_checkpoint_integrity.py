@@ -4,7 +4,6 @@ SIGTERM phases and the TensorBoard trim (issue 14). End-to-end runs are in test_
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import signal
 import socket
@@ -21,8 +20,8 @@ from domainbed.lib.checkpoint import (
     damage_file,
     fault_point,
     reset_faults,
-    save_verified,
     safe_load,
+    save_verified,
 )
 from domainbed.lib.integrity import DamagedFile, UnsafeFile, content_digest, load_newest_intact, verify_archive
 from domainbed.lib.preemption import Preempted, PreemptionGuard

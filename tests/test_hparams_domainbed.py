@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from domainbed import hparams_registry
-from domainbed.algorithms import algorithm_names, get_algorithm_class
+from domainbed.algorithms import algorithm_names
 from domainbed.datasets import dataset_names, get_dataset_class
 from domainbed.networks import build_featurizer
 
@@ -36,6 +36,7 @@ OURS = {
     "fused_optimizer": "Adam implementation, no effect on the maths",
     "compile": "torch.compile, no effect on the maths",
     "eval_batch_size": "evaluation batch size, no effect on the results",
+    "input_pipeline": "where images are decoded and augmented (CPU or device), same augmentation",
 }
 # On the *Subset datasets (not in DomainBed) lr, batch size and weight decay are our own,
 # calibrated for EfficientNet-Lite0 at 32 px on a CPU; DANN's rates follow our lr there.

@@ -213,6 +213,7 @@ def test_paired_jobs_of_erm_and_erm_ftlp_start_identically(tmp_path: Path) -> No
     the same batches and the same torch RNG stream (the prior must not consume randomness)."""
     import torch
 
+    from domainbed.lib.preemption import PreemptionGuard
     from domainbed.scripts import train
 
     argv = ["status", "--datasets", "Debug28", "--algorithms", "ERM", "ERM_FTLP", "--n_hparams", "1",
@@ -221,7 +222,7 @@ def test_paired_jobs_of_erm_and_erm_ftlp_start_identically(tmp_path: Path) -> No
     starts = []
     for job in sweep.build_jobs(sweep.parse_args(argv)):
         args = train.build_parser().parse_args(job.argv[3:])
-        trainer = train.Trainer(args, job.output_dir)
+        trainer = train.Trainer(args, job.output_dir, PreemptionGuard())
         trainer.setup()
         trainer._loaders(0)
         alg = trainer.algorithm

@@ -1,4 +1,4 @@
-"""The ``Algorithm`` base class (DESIGN.md §3).
+"""The ``Algorithm`` base class (docs/design.md).
 
 A new algorithm writes one method, :meth:`Algorithm.compute_loss`. The base class owns
 the optimizer step: zero_grad, autocast (bf16 on CUDA by default), backward (with a grad

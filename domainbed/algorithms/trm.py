@@ -104,7 +104,7 @@ class TRM(Algorithm):
                                         create_graph=True)[0]
 
             def hvp(u: torch.Tensor) -> torch.Tensor:
-                return torch.autograd.grad((first * u).sum(), w_fixed, retain_graph=True)[0]
+                return torch.autograd.grad((first * u).sum(), w_fixed, retain_graph=True)[0]  # noqa: B023 -- used in this iteration only
 
             direction = neumann_inverse_hvp(hvp, grad_p)
             total = total + risk_p - self.hparams["cos_lambda"] * (direction * grad_q).sum()

@@ -1,4 +1,4 @@
-"""The dataset interface and its registry (DESIGN.md §3).
+"""The dataset interface and its registry (docs/design.md).
 
 A dataset is a :class:`MultipleDomainDataset`: an ordered list of per-domain torch
 ``Dataset`` objects that each yield ``(x, y)``. Register a new one with

@@ -49,7 +49,7 @@ def cache_path(data_dir: str | os.PathLike | None, domain: str, seed: int, size:
 
 def _read(path: Path) -> DigitArrays | None:
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:  # noqa: TID251 -- arrays only, pickle refused
             if int(f["version"]) != RECIPE_VERSION:
                 return None
             return DigitArrays(f["x"], f["y"], f["source"])
@@ -86,7 +86,7 @@ def load_domain(domain: str, data_dir: str | os.PathLike | None, seed: int = 0, 
     try:
         _write(path, arrays)
     except OSError as error:
-        warnings.warn(f"could not cache OfflineDigits/{domain} at {path} ({error}); it will be rebuilt next time")
+        warnings.warn(f"could not cache OfflineDigits/{domain} at {path} ({error}); it will be rebuilt next time", stacklevel=2)
     return arrays
 
 

@@ -1,4 +1,4 @@
-"""In/out splits of a domain, seeded exactly as DomainBed does (DESIGN.md §6)."""
+"""In/out splits of a domain, seeded exactly as DomainBed does (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plain, differentiable penalty functions (DESIGN.md §4, §8 "functional core").
+"""Plain, differentiable penalty functions (docs/design.md).
 
 Each function here is usable outside the trainer and is tested alone:
 
@@ -132,7 +132,7 @@ def gaussian_kl(
 
         0.5 * (log var_q - log var_p + (var_p + (mu_p - mu_q)**2) / var_q - 1)
 
-    This is the FT-LP regulariser (arXiv 2406.05628, DESIGN.md §4) with P the posterior
+    This is the FT-LP regulariser (arXiv 2406.05628) with P the posterior
     "model distribution" and Q the prior defined by the frozen pre-trained network.
 
     Arguments broadcast against each other, so variances can be per channel (e.g. shape

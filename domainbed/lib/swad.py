@@ -3,11 +3,11 @@
 SWAD (Cha et al., "SWAD: Domain Generalization by Seeking Flat Minima", arXiv 2102.08604)
 averages the weights at every step, but only over the part of training where the
 training-domain validation loss sits in a "valley". Training is cut into *segments*
-between two evaluations; the rule (DESIGN.md §6) is implemented by :class:`LossValley`,
+between two evaluations; the rule (docs/design.md) is implemented by :class:`LossValley`,
 the averaging by :class:`WeightAverager`, and :class:`SegmentAverager` ties them to a
 training loop. :func:`recompute_bn` refreshes BatchNorm statistics of the result.
 
-Everything here is independent of the trainer and tested alone (DESIGN.md §8).
+Everything here is independent of the trainer and tested alone.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class ValleyEvent:
 
 
 class LossValley:
-    """SWAD's loss-valley detector (arXiv 2102.08604, DESIGN.md §6), on plain floats.
+    """SWAD's loss-valley detector (arXiv 2102.08604), on plain floats.
 
     Call :meth:`update` once per evaluation with the validation loss of the segment that
     just closed (segments are numbered 0, 1, 2, ...). SWAD uses the training-domain

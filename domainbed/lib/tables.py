@@ -1,4 +1,4 @@
-"""Result tables: aggregate selected runs into cells and render them (DESIGN.md §6).
+"""Result tables: aggregate selected runs into cells and render them (docs/design.md).
 
 Numbers first: :func:`per_domain_stats`, :func:`dataset_average_stats` and
 :func:`paired_gain_stats` turn the output of a selection rule (one row per dataset,
@@ -30,7 +30,7 @@ from domainbed.model_selection import is_swad_family
 FORMATS = ("text", "markdown", "latex")
 FTLP_SUFFIX = "_FTLP"
 
-# Published ResNet-50 test accuracies (%) under training-domain validation (DESIGN.md §6).
+# Published ResNet-50 test accuracies (%) under training-domain validation (docs/design.md).
 # DomainBed's ERM and CORAL are as the SWAD and MIRO papers quote them.
 REFERENCE_DATASETS = ("PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet")
 REFERENCE_RESULTS: dict[str, tuple[tuple[float, ...], float]] = {

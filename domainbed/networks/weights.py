@@ -38,9 +38,9 @@ INPUT_NORMALISATION: dict[str, tuple[tuple[float, float, float], tuple[float, fl
 }
 
 
-def input_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+def input_normalisation(path: Path | str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """``(mean, std)`` the weights in ``path`` expect, or None for ImageNet's own."""
-    return INPUT_NORMALISATION.get(path.name)
+    return INPUT_NORMALISATION.get(Path(path).name)
 
 
 class WeightsError(ValueError):

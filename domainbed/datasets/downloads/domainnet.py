@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domainbed.datasets.downloads.base import Downloader, DownloadError, Source, extract, register_downloader, require_folders
+from domainbed.datasets.downloads.base import (
+    Downloader,
+    DownloadError,
+    Source,
+    extract,
+    register_downloader,
+    require_folders,
+)
 
 BASE = "http://csr.bu.edu/ftp/visda/2019/multi-source"
 DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")

@@ -11,7 +11,14 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from domainbed.datasets.downloads.base import Downloader, DownloadError, Source, extract, only_child, register_downloader
+from domainbed.datasets.downloads.base import (
+    Downloader,
+    DownloadError,
+    Source,
+    extract,
+    only_child,
+    register_downloader,
+)
 
 LILA = "https://lilablobssc.blob.core.windows.net/caltechcameratraps"
 LOCATIONS = ("38", "46", "100", "43")

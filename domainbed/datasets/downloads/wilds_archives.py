@@ -8,7 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from domainbed.datasets.downloads.base import Downloader, DownloadError, Source, extract, only_child, register_downloader
+from domainbed.datasets.downloads.base import (
+    Downloader,
+    DownloadError,
+    Source,
+    extract,
+    only_child,
+    register_downloader,
+)
 
 CODALAB = "https://worksheets.codalab.org/rest/bundles/{}/contents/blob/"
 
