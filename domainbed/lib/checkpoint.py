@@ -38,8 +38,8 @@ def fault_point(name: str, target: str | os.PathLike | None = None) -> None:
     ``term`` sends SIGTERM (a pre-emption notice); ``raise`` raises :class:`InjectedFault`
     (an ordinary crash); ``stop`` prints ``STOP_NOTICE`` and the point on stderr, then sends
     SIGSTOP, so a test can act (start a second process, send a signal) while this one is
-    frozen, then SIGCONT it; ``truncate`` and ``flip``
-    damage ``target``, the file the point is about (:func:`damage_file`). Points:
+    frozen, then SIGCONT it; ``truncate`` and ``flip`` damage ``target``, the file the
+    point is about (:func:`damage_file`). Points:
     ``locked``, ``step``, ``eval``, ``after_record``, ``after_checkpoint``, ``before_done``,
     ``after_done`` (train.py), ``append/<file>`` (half a JSON line is on disk),
     ``rename/<file>`` (the temporary file is written, not yet renamed), and for verified
