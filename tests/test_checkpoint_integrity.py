@@ -300,16 +300,21 @@ def test_flip_damage_inverts_the_middle_block(tmp_path):
 
 
 def _child_holding_lock(folder: Path) -> int:
-    """Fork a child that takes the lock and stops itself; returns once it is stopped."""
+    """Fork a child that takes the lock and then blocks; returns once it holds the lock."""
+    ready_r, ready_w = os.pipe()
+    block_r, block_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             with folder_lock(folder):
-                os.kill(os.getpid(), signal.SIGSTOP)
+                os.write(ready_w, b"locked")
+                os.read(block_r, 1)  # until killed
         finally:
             os._exit(0)
-    _, status = os.waitpid(pid, os.WUNTRACED)  # returns when the child has stopped: it holds the lock
-    assert os.WIFSTOPPED(status)
+    for fd in (ready_w, block_r, block_w):  # the child keeps its own block_w: its read never returns
+        os.close(fd)
+    assert os.read(ready_r, 6) == b"locked"  # the event: the child holds the lock
+    os.close(ready_r)
     return pid
 
 

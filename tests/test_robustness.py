@@ -6,7 +6,8 @@ exact moments, plus SIGKILLs at seeded random times. To keep the Python start-up
 (about 3 s of imports) out of every run, killed runs are forked from one "fork server" that
 has done the imports and run no torch op: each child is a real, separate process that a
 SIGKILL ends with nothing run after it. A child the hook stops (SIGSTOP) is reported by the
-server as soon as it is stopped, so tests act on that event rather than after a sleep.
+server as soon as it is stopped, so tests act on that event rather than after a sleep; the
+hook's notice on stderr tells its stop from one a job scheduler may send.
 README.md, section "Failure modes", names the test of each failure.
 """
 
@@ -28,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from domainbed.lib.checkpoint import FAULT_ENV, InjectedFault, damage_file, read_jsonl, safe_load
+from domainbed.lib.checkpoint import FAULT_ENV, STOP_NOTICE, InjectedFault, damage_file, read_jsonl, safe_load
 from domainbed.lib.run_lock import LOCK_FILE
 from domainbed.scripts import train
 
@@ -107,6 +108,22 @@ class ForkServer:
         assert line, f"fork server died; see {self.log}"
         return json.loads(line)
 
+    def wait_stopped(self, point: str) -> None:
+        """Return once the fault hook has stopped the running child at ``point``; stops that
+        others send (a job scheduler pausing processes) are not it and are waited through."""
+        while True:
+            event = self.event()
+            assert "stopped" in event, f"ended with {event} before {point}; see {self.log}"
+            if f"{STOP_NOTICE} {point} " in self.log.read_text():
+                return
+
+    def wait_end(self) -> int:
+        """The exit status of the running child (stops by others are waited through)."""
+        while True:
+            event = self.event()
+            if "rc" in event:
+                return event["rc"]
+
     def run(self, out: Path, fault: str | None = None, kill_after: float | None = None,
             argv: list[str] | None = None) -> int:
         """Exit status of one run (negative: killed by that signal)."""
@@ -117,9 +134,7 @@ class ForkServer:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass  # it finished first
-        event = self.event()
-        assert "rc" in event, f"unexpected {event}; see {self.log}"
-        return event["rc"]
+        return self.wait_end()
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -353,7 +368,7 @@ def test_damaged_checkpoint_of_swad_resumes_the_same_average(server, tmp_path):
 def test_second_train_in_the_same_folder_exits_2_naming_the_first(server, reference, tmp_path, capsys):
     out = tmp_path / "run"
     pid = server.start(out, "after_record:2:stop")  # frozen holding the lock, records 0 and 4 written
-    assert server.event() == {"stopped": pid}
+    server.wait_stopped("after_record")
     try:
         before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
         with pytest.raises(SystemExit) as exc:  # this test process is the second one
@@ -365,7 +380,7 @@ def test_second_train_in_the_same_folder_exits_2_naming_the_first(server, refere
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before, "the second wrote nothing"
     finally:
         os.kill(pid, signal.SIGKILL)  # a kill while holding the lock: it must not stay locked
-    assert server.event() == {"rc": KILLED}
+    assert server.wait_end() == KILLED
     assert server.run(out) == 0
     assert_consistent(out, reference, finished=True)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from domainbed.lib.checkpoint import FAULT_ENV, read_jsonl, safe_load
+from domainbed.lib.checkpoint import FAULT_ENV, STOP_NOTICE, read_jsonl, safe_load
 from domainbed.scripts import train
 
 slow = pytest.mark.slow
@@ -104,11 +104,16 @@ def start_stopped(out: Path, steps: int, checkpoint_freq: int, fault: str) -> tu
     at ``fault``: an event, not a guess at how long start-up takes."""
     cmd = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", "Debug28", "--output_dir", str(out),
            "--steps", str(steps), "--checkpoint_freq", str(checkpoint_freq), "--hparams", '{"batch_size": 4}']
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, FAULT_ENV: fault})
-    _, status = os.waitpid(proc.pid, os.WUNTRACED)  # returns when the child stops (or ends)
-    assert os.WIFSTOPPED(status), f"exited with {os.waitstatus_to_exitcode(status)} before {fault}"
-    return cmd, proc
+    stderr = out.parent / f"{out.name}.stderr"
+    with open(stderr, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env={**os.environ, FAULT_ENV: fault})
+    point = fault.split(":")[0]
+    while True:
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)  # returns when the child stops (or ends)
+        assert os.WIFSTOPPED(status), f"exited with {os.waitstatus_to_exitcode(status)} before {fault}"
+        if f"{STOP_NOTICE} {point} " in stderr.read_text():
+            return cmd, proc
+        # Stopped by someone else (a job scheduler pausing processes): wait for the hook's stop.
 
 
 @slow

@@ -20,6 +20,7 @@ import torch
 from domainbed.lib.integrity import DamagedFile, load_verified, with_digest
 
 FAULT_ENV = "DOMAINBED_FAULT"
+STOP_NOTICE = f"{FAULT_ENV}: stopped at"
 TMP_SUFFIX = ".tmp"
 _fault_hits: dict[str, int] = {}
 
@@ -35,9 +36,10 @@ def fault_point(name: str, target: str | os.PathLike | None = None) -> None:
     the ``n``-th time (1-based, counted per process) the point is reached, ``action``
     ``kill`` (the default) sends SIGKILL to this process, so nothing after it runs;
     ``term`` sends SIGTERM (a pre-emption notice); ``raise`` raises :class:`InjectedFault`
-    (an ordinary crash); ``stop`` sends SIGSTOP, so a test can act (start a second process,
-    send a signal) while this one is frozen, then SIGCONT it; ``truncate`` and ``flip``
-    damage ``target``, the file the point is about (:func:`damage_file`). Points:
+    (an ordinary crash); ``stop`` prints ``STOP_NOTICE`` and the point on stderr, then sends
+    SIGSTOP, so a test can act (start a second process, send a signal) while this one is
+    frozen, then SIGCONT it; ``truncate`` and ``flip`` damage ``target``, the file the
+    point is about (:func:`damage_file`). Points:
     ``locked``, ``step``, ``eval``, ``after_record``, ``after_checkpoint``, ``before_done``,
     ``after_done`` (train.py), ``append/<file>`` (half a JSON line is on disk),
     ``rename/<file>`` (the temporary file is written, not yet renamed), and for verified
@@ -64,6 +66,8 @@ def _act(name: str, count: int, action: str, target: str | os.PathLike | None) -
     elif action == "term":
         os.kill(os.getpid(), signal.SIGTERM)
     elif action == "stop":
+        # Announced first, so that a test can tell this stop from one sent by a job scheduler.
+        print(f"{STOP_NOTICE} {name} (occurrence {count})", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGSTOP)
     elif action == "raise":
         raise InjectedFault(f"fault injected at {name} (occurrence {count}) by {FAULT_ENV}")
