@@ -61,7 +61,7 @@ class CachedDomain(torch.utils.data.Dataset):
     """
 
     def __init__(self, domain: Any, cache_side: int, transform: TrainAugment):
-        from domainbed.datasets.images import load_rgb
+        from domainbed.datasets.bad_images import load_rgb
 
         self.transform = transform
         self.images: list[np.ndarray] = []

@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as F
 
 from domainbed.datasets import build_dataset
 from domainbed.datasets.augment_params import AugmentSpec, draw_params, sample_generator, sample_seed
+from domainbed.datasets.bad_images import BadImageWarning, load_rgb
 from domainbed.datasets.batched_augment import adjust_hue, augment_batch, color_jitter
 from domainbed.datasets.device_pipeline import (
     decode_images,
@@ -31,7 +32,7 @@ from domainbed.datasets.device_pipeline import (
     resolve_input_pipeline,
     select_train_loader,
 )
-from domainbed.datasets.images import BadImageWarning, ImageFolderDomains, load_rgb
+from domainbed.datasets.images import ImageFolderDomains
 from domainbed.datasets.transforms import IMAGENET_STD, TrainAugment, eval_transform
 from domainbed.lib.loaders import train_loader
 

@@ -13,17 +13,16 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from domainbed.datasets import images
+from domainbed.datasets import _folder_domain
 from domainbed.datasets.base import DatasetError, dataset_names, get_dataset_class
+from domainbed.datasets.bad_images import BadImageWarning, bad_image_count
 from domainbed.datasets.images import (
-    BadImageWarning,
     DomainNet,
     ImageFolderDomains,
     OfficeHome,
     PACS,
     TerraIncognita,
     VLCS,
-    bad_image_count,
 )
 from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
@@ -213,7 +212,7 @@ def test_too_many_consecutive_bad_images_raise(tmp_path: Path, monkeypatch: pyte
         (tmp_path / "d" / "k" / f"bad{i}.jpg").parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "d" / "k" / f"bad{i}.jpg").write_bytes(b"not a jpeg at all")
     write_image(tmp_path / "d" / "k" / "good.png")
-    monkeypatch.setattr(images, "MAX_CONSECUTIVE_BAD", 2)
+    monkeypatch.setattr(_folder_domain, "MAX_CONSECUTIVE_BAD", 2)
     domain = ImageFolderDomains(str(tmp_path), [0], SMALL)[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BadImageWarning)

@@ -34,11 +34,6 @@ def test_launchers_selection_records_and_resources_do_not_import_torch() -> None
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="domainbed/datasets/{images,mnist,transforms}.py import torchvision at module level (issue 16); "
-    "remove this mark once they import it where an image or MNIST dataset is built",
-)
 def test_train_script_import_leaves_out_torchvision_and_dynamo() -> None:
     loaded = imported_after("import domainbed.scripts.train")
     assert "torch" in loaded and not loaded & {"torchvision", "torch._dynamo", "timm"}

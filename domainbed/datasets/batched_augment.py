@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torchvision.transforms.v2 import functional as F
 
 from domainbed.datasets.augment_params import BRIGHTNESS, CONTRAST, HUE, SATURATION, AugmentParams
 from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -104,6 +103,8 @@ def color_jitter(x: torch.Tensor, params: Sequence[AugmentParams]) -> torch.Tens
 def crop_resize(images: Sequence[torch.Tensor], params: Sequence[AugmentParams] | None, size: int) -> torch.Tensor:
     """Crop each uint8 ``(3, H, W)`` image to its box (the whole image when ``params`` is
     None) and resize it to ``size x size``; returns a uint8 ``(B, 3, size, size)`` batch."""
+    from torchvision.transforms.v2 import functional as F
+
     out = []
     for i, image in enumerate(images):
         if params is not None:
@@ -115,12 +116,16 @@ def crop_resize(images: Sequence[torch.Tensor], params: Sequence[AugmentParams] 
 
 def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 -> float in [0, 1] -> ImageNet-normalised, with the CPU path's kernels."""
+    from torchvision.transforms.v2 import functional as F
+
     return F.normalize(F.to_dtype(x_uint8, torch.float32, scale=True), list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
 def augment_batch(images: Sequence[torch.Tensor], params: Sequence[AugmentParams] | None, size: int) -> torch.Tensor:
     """The training augmentation (``params``) or, when ``params`` is None, the evaluation
     transform (resize only) of decoded uint8 images; returns a normalised float batch."""
+    from torchvision.transforms.v2 import functional as F
+
     x = crop_resize(images, params, size)
     if params is None:
         return normalize(x)

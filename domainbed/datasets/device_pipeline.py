@@ -25,13 +25,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import functional as F
 
 from domainbed.datasets.augment_params import AugmentParams, draw_params, sample_generator
+from domainbed.datasets.bad_images import BadImageWarning, record_bad_image
 from domainbed.datasets.base import DatasetError, MultipleDomainDataset
 from domainbed.datasets.batched_augment import augment_batch
-from domainbed.datasets.images import BadImageWarning, ImageDomain, ImageFolderDomains, record_bad_image
+from domainbed.datasets.images import ImageFolderDomains
 from domainbed.datasets.transforms import TrainAugment
 from domainbed.lib.loaders import train_loader
 
@@ -63,6 +62,8 @@ class EncodedBatch:
 
 def read_for_device(path: str) -> EncodedImage:
     """The file's bytes and header size; decodes with PIL only what nvJPEG may not take."""
+    from torchvision.transforms.v2 import functional as F
+
     with open(path, "rb") as f:
         raw = f.read()
     with Image.open(io.BytesIO(raw)) as img:  # reads the header only
@@ -75,6 +76,8 @@ def read_for_device(path: str) -> EncodedImage:
 
 def fetch_encoded(root: Dataset, index: int, seed: int) -> tuple[tuple[EncodedImage, Any], int]:
     """The device pipeline's ``fetch`` (see :class:`domainbed.lib.loaders.SeededSamples`)."""
+    from domainbed.datasets._folder_domain import ImageDomain
+
     if not isinstance(root, ImageDomain):
         raise DatasetError(
             f"input_pipeline device reads image files, but this domain is a {type(root).__name__}; "
@@ -94,6 +97,8 @@ def collate_encoded(samples: Sequence[tuple[tuple[EncodedImage, Any], int]]) -> 
 
 
 def _decode_jpeg(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     with warnings.catch_warnings():
         # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec, which is
         # not a dependency of this package; the function is still the supported nvJPEG path.
@@ -102,6 +107,8 @@ def _decode_jpeg(data: list[torch.Tensor], device: torch.device) -> list[torch.T
 
 
 def _decode_one_on_cpu(image: EncodedImage) -> torch.Tensor | None:
+    from torchvision.transforms.v2 import functional as F
+
     try:
         return _decode_jpeg([image.data], torch.device("cpu"))[0]
     except RuntimeError:

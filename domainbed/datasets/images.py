@@ -5,153 +5,22 @@ Domains are the sorted sub-folders of the dataset folder; classes are the sorted
 class sub-folders over all domains, so a label means the same class in every domain even
 when a domain lacks a class. A file that cannot be decoded during training is replaced by
 another image of the same domain (with a warning) instead of ending a long run.
+
+Importing this module does not import torchvision (about 1.2 s, paid by every job of a
+sweep): the per-domain readers, which subclass torchvision's ``ImageFolder``, live in
+:mod:`domainbed.datasets._folder_domain` and are imported when a dataset is built.
 """
 
 from __future__ import annotations
 
 import numbers
 import os
-import multiprocessing
 import warnings
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
-from PIL import Image
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from domainbed.datasets.augment_params import sample_generator
 from domainbed.datasets.base import DatasetError, MultipleDomainDataset, register_dataset
-from domainbed.datasets.transforms import TrainAugment, eval_transform, train_transform
-
-# Stop after this many undecodable files in a row: past that the domain itself is broken
-# (wrong format, failed download), and silently cycling through it would hide that.
-MAX_CONSECUTIVE_BAD = 100
-
-# Errors PIL raises on broken files: UnidentifiedImageError and "image file is truncated"
-# are OSErrors; some plugins raise SyntaxError or ValueError on malformed headers.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-# Shared memory, so that DataLoader workers (forked processes) add to the same counter
-# the training script reads at the end.
-_bad_image_total = multiprocessing.Value("q", 0)
-
-
-class BadImageWarning(UserWarning):
-    """An image could not be decoded and was replaced by another sample of its domain."""
-
-
-def record_bad_image() -> None:
-    """Count one undecodable file (shared with forked DataLoader workers)."""
-    with _bad_image_total.get_lock():
-        _bad_image_total.value += 1
-
-
-def bad_image_count() -> int:
-    """Undecodable files met so far by every :class:`ImageDomain` of this process and of its
-    forked DataLoader workers (a file is counted once per process that meets it)."""
-    return int(_bad_image_total.value)
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Decode an image file fully (``convert`` forces the decode) as an RGB PIL image."""
-    with open(path, "rb") as f:
-        return Image.open(f).convert("RGB")
-
-
-def _is_hidden(path: str, root: str) -> bool:
-    rel = os.path.relpath(path, root)
-    return any(part.startswith(".") for part in rel.split(os.sep))
-
-
-class ImageDomain(ImageFolder):
-    """One domain: an ``ImageFolder`` over a fixed class list, robust to undecodable files.
-
-    ``classes`` is imposed (not discovered) so that class indices agree across domains;
-    class folders missing from this domain simply contribute no samples. Indexing keeps
-    non-empty files with an image extension and records the others in ``skipped_files``
-    (hidden files and folders are ignored silently).
-    """
-
-    def __init__(self, root: str, classes: Sequence[str], transform: Callable | None = None):
-        # find_classes() runs inside ImageFolder.__init__, so the class list must exist first.
-        self._fixed_classes = list(classes)
-        self.skipped_files: list[str] = []
-        self.bad_images = 0
-        self._bad_indices: set[int] = set()
-        super().__init__(
-            root, transform=transform, loader=load_rgb, is_valid_file=self._keep_file, allow_empty=True
-        )
-        if not self.samples:
-            raise DatasetError(
-                f"domain folder {root} has no images: expected {root}/<class>/<image> with one of "
-                f"the extensions {', '.join(IMG_EXTENSIONS)}"
-                + (f" ({len(self.skipped_files)} other files were skipped)" if self.skipped_files else "")
-            )
-
-    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        return list(self._fixed_classes), {name: i for i, name in enumerate(self._fixed_classes)}
-
-    def _keep_file(self, path: str) -> bool:
-        if _is_hidden(path, self.root):
-            return False
-        try:
-            empty = os.path.getsize(path) == 0
-        except OSError:  # e.g. a dangling symlink: unreadable, so treat it as empty
-            empty = True
-        if empty or not path.lower().endswith(IMG_EXTENSIONS):
-            self.skipped_files.append(path)
-            return False
-        return True
-
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        return self.get_seeded(index, None)
-
-    def get_seeded(self, index: int, seed: int | None) -> tuple[Any, Any]:
-        """Sample ``index`` with its augmentation drawn from a generator seeded with ``seed``
-        (the training loader passes one per sample; ``None``: torch's global generator)."""
-        image, target = self.load_with_replacement(index, self.loader)
-        if isinstance(self.transform, TrainAugment):
-            image = self.transform(image, None if seed is None else sample_generator(seed))
-        elif self.transform is not None:
-            image = self.transform(image)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
-
-    def load_with_replacement(self, index: int, read: Callable[[str], Any]) -> tuple[Any, int]:
-        """``(read(path), label)`` of sample ``index``; a file ``read`` cannot decode is
-        replaced by the next readable one of the domain (wrapping around), with a warning."""
-        n = len(self.samples)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for a domain of {n} images")
-        index %= n
-        last_error: BaseException | None = None
-        # Try the requested sample, then the following ones (wrapping around).
-        for attempt in range(min(n, MAX_CONSECUTIVE_BAD + 1)):
-            i = (index + attempt) % n
-            if i in self._bad_indices:
-                continue
-            path, target = self.samples[i]
-            try:
-                return read(path), target
-            except _DECODE_ERRORS as exc:
-                last_error = exc
-                self._mark_bad(i, path, exc)
-        raise DatasetError(
-            f"{min(n, MAX_CONSECUTIVE_BAD + 1)} images in a row failed to decode in domain {self.root} "
-            f"(starting at {self.samples[index][0]}); last error: {last_error!r}. "
-            "Check that the files are real images, or download the dataset again."
-        )
-
-    def _mark_bad(self, index: int, path: str, exc: BaseException) -> None:
-        self._bad_indices.add(index)
-        self.bad_images += 1
-        record_bad_image()
-        warnings.warn(
-            f"could not decode {path} ({exc!r}); using another image of the same domain instead",
-            BadImageWarning,
-            stacklevel=2,
-        )
+from domainbed.datasets.transforms import eval_transform, train_transform
 
 
 class ImageFolderDomains(MultipleDomainDataset):
@@ -182,9 +51,11 @@ class ImageFolderDomains(MultipleDomainDataset):
         size = int(hparams.get("image_size", 224))
         self.input_shape = (3, size, size)
 
+        from domainbed.datasets._folder_domain import ImageDomain  # torchvision: only when building
+
         augmented = train_transform(size) if hparams.get("data_augmentation", True) else eval_transform(size)
         plain = eval_transform(size)
-        self.datasets: list[ImageDomain] = [
+        self.datasets: list[Any] = [
             ImageDomain(
                 os.path.join(self.root, name), self.classes, transform=plain if i in test_envs else augmented
             )

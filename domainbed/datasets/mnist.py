@@ -17,8 +17,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import functional as TF
-from torchvision.transforms import InterpolationMode
 
 from domainbed.datasets.base import DatasetError, MultipleDomainDataset, TensorDomain, register_dataset
 from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -66,6 +64,10 @@ def shuffled(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
 
 def rotate(images: torch.Tensor, angle: float) -> torch.Tensor:
     """Rotate ``(N, 1, H, W)`` float images by ``angle`` degrees (bilinear, zero fill)."""
+    # torchvision is imported here, not at module import (which every sweep job pays).
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
     return TF.rotate(images, angle, interpolation=InterpolationMode.BILINEAR, fill=[0.0])
 
 

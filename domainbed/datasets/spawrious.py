@@ -24,12 +24,9 @@ image of the domain, as for every image dataset here.
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Mapping, Sequence
-
-from torchvision.transforms import v2
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from domainbed.datasets.base import DatasetError, MultipleDomainDataset, register_dataset
-from domainbed.datasets.filelist import FileListDomain
 from domainbed.datasets.transforms import eval_transform
 
 BREEDS = ("bulldog", "corgi", "dachshund", "labrador")  # label = index here
@@ -39,9 +36,10 @@ IMAGES_PER_BREED = 3168
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
-def spawrious_train_transform(size: int) -> v2.Compose:
+def spawrious_train_transform(size: int) -> Callable:
     """Spawrious's training augmentation: resize, flip, colour jitter, grayscale; no random
     crop, which could cut the dog out of the frame."""
+    from torchvision.transforms import v2  # imported when a dataset is built, not at discovery
     return v2.Compose(
         [
             v2.Resize((size, size), antialias=True),
@@ -81,6 +79,8 @@ class _Spawrious(MultipleDomainDataset):
         plain = eval_transform(size)
         train = spawrious_train_transform(size) if augment else plain
         # DomainBed gives the test domain the plain transform and the two groups the augmented one.
+        from domainbed.datasets._folder_domain import FileListDomain  # torchvision: only when building
+
         parts = [self.test_parts(), self.train_parts(0), self.train_parts(1)]
         self.datasets = [
             FileListDomain(

@@ -11,11 +11,10 @@ uses too, and applies them here to one image (the CPU path, the reference).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
 from domainbed.datasets.augment_params import (
     BRIGHTNESS,
@@ -40,6 +39,8 @@ def _check_size(image_size: int) -> int:
 
 def _to_normalized_tensor() -> list[Callable]:
     """PIL image -> float tensor in [0, 1] -> ImageNet-normalised plain ``torch.Tensor``."""
+    from torchvision.transforms import v2
+
     return [
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
@@ -49,12 +50,17 @@ def _to_normalized_tensor() -> list[Callable]:
     ]
 
 
-_JITTER_KERNELS = {
-    BRIGHTNESS: F.adjust_brightness,
-    CONTRAST: F.adjust_contrast,
-    SATURATION: F.adjust_saturation,
-    HUE: F.adjust_hue,
-}
+@functools.cache
+def _jitter_kernels() -> dict[int, Callable]:
+    """torchvision's colour kernels by operation id (looked up once, on first use)."""
+    from torchvision.transforms.v2 import functional as F
+
+    return {
+        BRIGHTNESS: F.adjust_brightness,
+        CONTRAST: F.adjust_contrast,
+        SATURATION: F.adjust_saturation,
+        HUE: F.adjust_hue,
+    }
 
 
 class TrainAugment:
@@ -74,6 +80,8 @@ class TrainAugment:
 
     @property
     def transforms(self) -> list[Callable]:
+        from torchvision.transforms import v2
+
         s = self.spec
         jitter = {name: getattr(s, name) for name in ("brightness", "contrast", "saturation", "hue")}
         return [
@@ -85,18 +93,22 @@ class TrainAugment:
         ]
 
     def __call__(self, image: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
         height, width = F.get_size(image)
         return self.apply(image, draw_params(height, width, self.spec, generator))
 
     def apply(self, image: Any, p: AugmentParams) -> torch.Tensor:
         """Apply drawn parameters: the operations and argument values of the v2 transforms."""
+        from torchvision.transforms.v2 import functional as F
+
         image = F.resized_crop(image, p.top, p.left, p.height, p.width, [self.size, self.size], antialias=True)
         if p.flip:
             image = F.horizontal_flip(image)
         for op in p.order:
             factor = p.factor(op)
             if factor is not None:
-                image = _JITTER_KERNELS[op](image, factor)
+                image = _jitter_kernels()[op](image, factor)
         if p.grayscale:
             image = F.rgb_to_grayscale(image, num_output_channels=3)
         return to_normalized_tensor(image)
@@ -105,12 +117,16 @@ class TrainAugment:
         return f"TrainAugment(image_size={self.size}, spec={self.spec})"
 
 
-_NORMALIZE = v2.Compose(_to_normalized_tensor())
+@functools.cache
+def _normalize() -> Callable:
+    from torchvision.transforms import v2
+
+    return v2.Compose(_to_normalized_tensor())
 
 
 def to_normalized_tensor(image: Any) -> torch.Tensor:
     """PIL image or uint8 tensor -> ImageNet-normalised float ``torch.Tensor``."""
-    return _NORMALIZE(image)
+    return _normalize()(image)
 
 
 def train_transform(image_size: int = 224) -> TrainAugment:
@@ -120,5 +136,7 @@ def train_transform(image_size: int = 224) -> TrainAugment:
 
 def eval_transform(image_size: int = 224) -> Callable:
     """Deterministic evaluation transform: resize to ``S x S`` (aspect not kept) and normalise."""
+    from torchvision.transforms import v2
+
     size = _check_size(image_size)
     return v2.Compose([v2.Resize((size, size), antialias=True), *_to_normalized_tensor()])

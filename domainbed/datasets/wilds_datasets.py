@@ -24,7 +24,6 @@ from typing import Any, ClassVar, Mapping, Sequence
 import pandas as pd
 
 from domainbed.datasets.base import DatasetError, MultipleDomainDataset, register_dataset
-from domainbed.datasets.filelist import FileListDomain
 from domainbed.datasets.transforms import eval_transform, train_transform
 
 FMOW_CATEGORIES = (
@@ -77,6 +76,8 @@ class _WILDSFormat(MultipleDomainDataset):
         self.num_classes = len(self.CLASSES)
         augmented = train_transform(size) if hparams.get("data_augmentation", True) else eval_transform(size)
         plain = eval_transform(size)
+        from domainbed.datasets._folder_domain import FileListDomain  # torchvision: only when building
+
         self.datasets = []
         for i, value in enumerate(values):
             rows = [j for j, d in enumerate(domains) if d == value]

@@ -31,7 +31,7 @@ from domainbed.datasets import build_dataset, get_dataset_class, num_environment
 from domainbed.datasets.base import DatasetError
 from domainbed.datasets.splits import in_out_split, split_dataset
 from domainbed.datasets.device_pipeline import select_train_loader
-from domainbed.datasets.images import bad_image_count
+from domainbed.datasets.bad_images import bad_image_count
 from domainbed.lib.checkpoint import (
     StorageError,
     append_jsonl,
