@@ -17,8 +17,9 @@ from torch import nn
 from domainbed.algorithms.base import Predictor
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.lib.batchnorm import recompute_bn
 from domainbed.lib.hparam import HParam
-from domainbed.lib.swad import SegmentAverager, recompute_bn
+from domainbed.lib.weight_averaging import SegmentAverager
 
 
 def has_batchnorm(module: nn.Module) -> bool:
