@@ -85,16 +85,24 @@ def plot_paired_gains(
     records: Records,
     selection: str = "training_domain",
     comparisons: Sequence[tuple[str, str]] = EVIDENCE_COMPARISONS,
+    required: str = "all",
 ) -> plt.Figure:
     """Paired gain (points) per test domain and over the benchmark, with SE error bars.
 
     One panel per dataset; a comparison whose two arms never both ran on a dataset is left
-    out of its panel (and named in the panel's note).
+    out of its panel (and named in the panel's note). ``required``: the domains a trial
+    needs for the mean over domains, ``all`` of the dataset's or those ``run`` in the sweep
+    (for sweeps that test only some domains, such as the demo).
     """
     selected = selected_runs(records, selection)
     if selected.empty:
         return _empty_figure("no selected runs in these records")
-    gains = paired_gains(selected, comparisons)
+    if required not in ("all", "run"):
+        raise ValueError(f"required must be 'all' or 'run', got {required!r}")
+    domains = None
+    if required == "run":
+        domains = {str(d): sorted(int(e) for e in part["test_env"].unique()) for d, part in selected.groupby("dataset")}
+    gains = paired_gains(selected, comparisons, domains)
     datasets = sorted(gains["dataset"].unique())
     fig, axes = plt.subplots(len(datasets), 1, figsize=(10, 3.8 * len(datasets)), squeeze=False)
     title = get_selection_method(selection).title
@@ -118,13 +126,13 @@ def plot_paired_gains(
         ax.set_xlim(-0.5, len(run_envs) + 0.5)
         ax.axhline(0.0, color="black", lw=0.8)
         ax.axvline(len(run_envs) - 0.5, color="grey", lw=0.5, ls=":")
-        ax.set_xticks(x, [names[e] for e in run_envs] + ["mean over\ndomains"])
+        ax.set_xticks(x, [names[e] for e in run_envs] + ["mean over\n" + ("domains" if required == "all" else "domains run")])
         ax.set_ylabel("paired gain (accuracy points)")
         ax.set_title(f"{dataset}: treatment − baseline ({title}; {SE_NOTE})", fontsize=9)
         if labels:
             ax.legend(fontsize="x-small")
-        if missing:
-            ax.text(0.01, 0.02, "no paired trial yet: " + ", ".join(missing), transform=ax.transAxes, fontsize=7)
+        if missing:  # under the axis, where it cannot hide a point or the legend
+            ax.set_xlabel("no paired trial yet: " + ", ".join(missing), fontsize=7)
     fig.tight_layout()
     return fig
 
