@@ -53,8 +53,11 @@ def committed_records(dest_root: Path, folder: str = "docs/evidence/v2/records")
 
     The background sweep writes into the same folder in the main checkout; its unfinished or
     not yet committed jobs must not change what the committed reports are compared with."""
+    git = shutil.which("git")
     try:
-        listed = subprocess.run(["git", "ls-files", "-z", folder], cwd=REPO, capture_output=True, check=True).stdout
+        if git is None:
+            raise OSError("git not found")
+        listed = subprocess.run([git, "ls-files", "-z", folder], cwd=REPO, capture_output=True, check=True).stdout
         files = [f for f in listed.decode().split("\0") if f]
     except (OSError, subprocess.CalledProcessError):  # not a git checkout: everything on disk is committed
         files = [str(p.relative_to(REPO)) for p in (REPO / folder).glob("*/*") if p.name in ("results.jsonl", "done")]

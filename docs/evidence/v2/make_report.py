@@ -90,10 +90,11 @@ def training_seconds(df: pd.DataFrame) -> pd.DataFrame:
     averaged model's evaluation are not counted)."""
     rows = []
     ordinary = df[~df["averaged"]] if "step_time" in df.columns else df.iloc[0:0]
-    for job, part in ordinary.groupby("output_dir"):
-        steps = part.sort_values("step")["step"].to_numpy()
+    for _, part in ordinary.groupby("output_dir"):
+        part = part.sort_values("step")
+        steps = part["step"].to_numpy()
         intervals = steps - [-1, *steps[:-1]]
-        seconds = float((part.sort_values("step")["step_time"].to_numpy(dtype=float) * intervals).sum())
+        seconds = float((part["step_time"].to_numpy(dtype=float) * intervals).sum())
         rows.append([part["dataset"].iloc[0], part["algorithm"].iloc[0], seconds])
     return pd.DataFrame(rows, columns=["dataset", "algorithm", "seconds"])
 
