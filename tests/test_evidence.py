@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EVIDENCE = REPO / "docs" / "evidence"
@@ -30,3 +34,111 @@ def test_affine_encoder_tables_regenerate_identically(monkeypatch):
     expected = report.TABLES_HEADER.replace("records/main", "records_affine_encoder") + report.tables(
         "docs/evidence/records_affine_encoder")
     assert (EVIDENCE / "tables_affine_encoder.md").read_text() == expected
+
+
+# ----------------------------------------------------------------------------- evidence v2
+
+V2 = EVIDENCE / "v2"
+
+
+def load_v2_report():
+    spec = importlib.util.spec_from_file_location("make_report_v2", V2 / "make_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def committed_records(dest_root: Path, folder: str = "docs/evidence/v2/records") -> Path:
+    """Copy the committed files of ``folder`` (git ls-files) under ``dest_root``, same relative path.
+
+    The background sweep writes into the same folder in the main checkout; its unfinished or
+    not yet committed jobs must not change what the committed reports are compared with."""
+    git = shutil.which("git")
+    try:
+        if git is None:
+            raise OSError("git not found")
+        listed = subprocess.run([git, "ls-files", "-z", folder], cwd=REPO, capture_output=True, check=True).stdout
+        files = [f for f in listed.decode().split("\0") if f]
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout: everything on disk is committed
+        files = [str(p.relative_to(REPO)) for p in (REPO / folder).glob("*/*") if p.name in ("results.jsonl", "done")]
+    (dest_root / folder).mkdir(parents=True, exist_ok=True)
+    for name in files:
+        target = dest_root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    return dest_root / folder
+
+
+@pytest.fixture(scope="module")
+def v2_copy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("v2")
+    committed_records(root)
+    return root
+
+
+def test_v2_tables_regenerate_identically_from_committed_records(v2_copy, monkeypatch):
+    monkeypatch.chdir(v2_copy)  # same relative path as from the repository root
+    report = load_v2_report()
+    assert (V2 / "tables.md").read_text() == report.TABLES_HEADER + report.tables()
+
+
+def test_v2_gains_and_verdict_regenerate_identically(v2_copy, monkeypatch):
+    monkeypatch.chdir(v2_copy)
+    report = load_v2_report()
+    assert (V2 / "gains.md").read_text() == report.gains_markdown()
+    readme = (V2 / "README.md").read_text()
+    assert report.verdict_block() in readme
+
+
+def test_v2_gains_match_paired_gains_on_the_records(v2_copy, monkeypatch):
+    """A number of gains.md equals an independent loop over the selected runs."""
+    monkeypatch.chdir(v2_copy)
+    report = load_v2_report()
+    from domainbed.lib.records import load_records
+    from domainbed.model_selection import get_selection_method
+
+    selected = get_selection_method("training_domain").select(load_records(report.RECORDS).df)
+    acc = {(r.algorithm, r.dataset, r.trial_seed, r.test_env): 100 * r.test_acc for r in selected.itertuples()}
+    gains = report.all_gains(load_records(report.RECORDS).df)["training_domain"]
+    domains, _ = report.sweep_plan()
+    for (treatment, baseline), dataset in [(c, d) for c in report.EVIDENCE_COMPARISONS for d in domains]:
+        per_trial = []
+        for trial in sorted({k[2] for k in acc}):
+            keys = [(trial, e) for e in domains[dataset]]
+            if all((a, dataset, t, e) in acc for a in (treatment, baseline) for t, e in keys):
+                per_trial.append(sum(acc[(treatment, dataset, t, e)] - acc[(baseline, dataset, t, e)] for t, e in keys)
+                                 / len(keys))
+        got = gains[(gains["dataset"] == dataset) & (gains["treatment"] == treatment)
+                    & (gains["baseline"] == baseline) & (gains["test_env"] == -1)].iloc[0]
+        assert got["n"] == len(per_trial)
+        if per_trial:
+            assert got["mean"] == pytest.approx(sum(per_trial) / len(per_trial))
+
+
+def test_v2_report_main_writes_every_output_without_hparam_records(v2_copy, tmp_path, monkeypatch):
+    monkeypatch.chdir(v2_copy)
+    report = load_v2_report()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Verdict\n\n{report.VERDICT_START}\nold\n{report.VERDICT_END}\n")
+    empty = tmp_path / "no_hparam_records"
+    empty.mkdir()
+    report.main(["--out", str(tmp_path / "out"), "--hparam_records", str(empty), "--readme", str(readme)])
+    for name in ("per_domain_accuracy.png", "gains_per_domain.png", "gains_per_domain_oracle.png", "control.png", "lambda.png"):
+        assert (tmp_path / "out" / name).read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "out" / "gains.md").read_text() == report.gains_markdown()
+    assert "old" not in readme.read_text() and report.verdict_block() in readme.read_text()
+    with pytest.raises(ValueError, match="no verdict markers"):
+        report.update_readme(tmp_path / "out" / "gains.md", "x")
+
+
+def test_v2_training_time_sums_step_time_over_intervals():
+    report = load_v2_report()
+    import pandas as pd
+
+    df = pd.DataFrame({"output_dir": ["a"] * 3 + ["b"] * 2, "dataset": "D", "algorithm": ["X"] * 3 + ["Y"] * 2,
+                       "step": [0, 50, 99, 0, 9], "step_time": [2.0, 1.0, 0.5, 3.0, 1.0],
+                       "averaged": [False] * 5})
+    df = pd.concat([df, df.iloc[[2]].assign(averaged=True)])  # an averaged record does not count again
+    times = report.training_seconds(df).set_index("algorithm")["seconds"]
+    assert times["X"] == pytest.approx(2.0 * 1 + 1.0 * 50 + 0.5 * 49)
+    assert times["Y"] == pytest.approx(3.0 * 1 + 1.0 * 9)

@@ -39,14 +39,15 @@ def test_notebook_executes_on_fixture_sweep(record_sweep, tmp_path, monkeypatch)
 
     executed = tmp_path / "out" / "executed.ipynb"
     figures = run_notebook.execute(NOTEBOOK, sweep, executed, timeout=120)  # raises on a failing cell
-    assert len(figures) >= 3 and all(f.read_bytes().startswith(b"\x89PNG") for f in figures)
+    assert len(figures) >= 4 and all(f.read_bytes().startswith(b"\x89PNG") for f in figures)
     nb = nbformat.read(executed, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 3  # bars, curves, KL curve
+    assert len(images) >= 4  # bars, paired gains, curves, prior-term curve
     text = "".join(o.get("text", "") for o in outputs) + "".join(
         o.get("data", {}).get("text/plain", "") for o in outputs
     )
     assert "Skipped 2 incomplete jobs" in text
     assert "SWAD_FTLP" in text and "±" in text
+    assert "SWAD_FTLP − SWAD" in text  # the paired-gain table

@@ -146,19 +146,21 @@ def plot_ftlp_bars(
             axis.text(0.5, 0.5, f"{name}: no algorithm B with B_FTLP in this sweep", ha="center", va="center")
             axis.set_axis_off()
             continue
-        x = np.arange(len(domains))
+        # Only the test domains some drawn algorithm was run on (a sweep may leave domains out).
+        run = sorted(int(e) for e in stats.loc[stats["algorithm"].isin(algos), "test_env"].unique())
+        x = np.arange(len(run))
         width = 0.8 / len(algos)
         cmap = plt.get_cmap("tab20")
         for k, algo in enumerate(algos):
             part = stats[stats["algorithm"] == algo].set_index("test_env")
-            means = np.array([100 * part["mean"].get(e, np.nan) for e in range(len(domains))], dtype=float)
-            ses = np.array([100 * part["se"].get(e, np.nan) for e in range(len(domains))], dtype=float)
+            means = np.array([100 * part["mean"].get(e, np.nan) for e in run], dtype=float)
+            ses = np.array([100 * part["se"].get(e, np.nan) for e in run], dtype=float)
             # tab20 pairs a dark and a light shade: base light, FT-LP dark, same hue.
             color = cmap((k // 2) * 2 + (0 if algo.endswith("_FTLP") else 1))
             axis.bar(x + (k - (len(algos) - 1) / 2) * width, means, width, yerr=ses, capsize=3, label=algo, color=color)
         lo = np.nanmin(100 * stats[stats["algorithm"].isin(algos)]["mean"].astype(float))
         axis.set_ylim(max(0.0, lo - 10), None)
-        axis.set_xticks(x, domains)
+        axis.set_xticks(x, [domains[e] for e in run])
         axis.set_xlabel("test domain")
         axis.set_ylabel("test accuracy (%)")
         axis.set_title(f"{name}: base vs FT-LP ({title}; mean ± SE)")
@@ -177,17 +179,45 @@ def _ordinary(df: pd.DataFrame, dataset: str, algorithms: Sequence[str] | None, 
     return part
 
 
+SYMLOG_LINTHRESH = 1.0
+
+
+def set_value_scale(axis: plt.Axes, values: np.ndarray, name: str, scale: str = "auto") -> str:
+    """Set ``axis``'s y scale for logged ``values`` and label it with what is drawn.
+
+    ``auto``: ``log`` when every value is positive, else ``symlog`` (linear within
+    ±SYMLOG_LINTHRESH, logarithmic beyond), since prior terms can be negative (MIRO's
+    log-variance term is about −5.8 at step 0) while others reach thousands. Returns the scale.
+    """
+    finite = values[np.isfinite(values)]
+    if scale == "auto":
+        scale = "log" if finite.size and (finite > 0).all() else "symlog"
+    if scale == "symlog":
+        axis.set_yscale("symlog", linthresh=SYMLOG_LINTHRESH)
+        axis.set_ylabel(f"{name} (symlog: linear within ±{SYMLOG_LINTHRESH:g}, log beyond)")
+    elif scale == "log":
+        axis.set_yscale("log")
+        axis.set_ylabel(f"{name} (log scale)")
+    elif scale == "linear":
+        axis.set_ylabel(name)
+    else:
+        raise ValueError(f"scale must be auto, log, symlog or linear; got {scale!r}")
+    return scale
+
+
 def plot_curves(
     records: Records,
     keys: Sequence[str] = ("loss",),
     dataset: str | None = None,
     algorithms: Sequence[str] | None = None,
     test_env: int | None = None,
+    scale: str = "auto",
 ) -> plt.Figure:
     """Accuracy and loss curves over steps, mean over runs, one row of panels per dataset.
 
     Left panel: test-env ``in`` accuracy (solid) and training-domain validation accuracy
-    (dashed). Then one panel per key in ``keys`` (any logged column, e.g. ``loss``).
+    (dashed). Then one panel per key in ``keys`` (any logged column, e.g. ``loss``), on the
+    y scale of :func:`set_value_scale` (``scale``; ``auto``: log, or symlog for negatives).
     Only single-test-env runs and ordinary checkpoints are drawn.
     """
     df = _frame(records)
@@ -213,6 +243,7 @@ def plot_curves(
             axis.set_title(f"{name}: {key}")
             axis.set_xlabel("step")
             if axis.lines:
+                set_value_scale(axis, np.concatenate([line.get_ydata() for line in axis.lines]).astype(float), key, scale)
                 axis.legend(fontsize="x-small")
             else:
                 axis.text(0.5, 0.5, f"no '{key}' logged", ha="center", va="center", transform=axis.transAxes)
@@ -221,9 +252,12 @@ def plot_curves(
 
 
 def plot_kl_curve(
-    records: Records, dataset: str | None = None, ax: plt.Axes | None = None, key: str = "ftlp_kl"
+    records: Records, dataset: str | None = None, ax: plt.Axes | None = None, key: str = "ftlp_kl",
+    scale: str = "symlog",
 ) -> plt.Figure:
-    """The FT-LP KL term (``ftlp_kl``) over steps, mean over runs, per dataset and algorithm."""
+    """The prior term (``ftlp_kl``: FT-LP's KL, MIRO's regulariser) over steps, mean over runs,
+    per dataset and algorithm, on a symlog y axis by default (MIRO's term is negative; see
+    :func:`set_value_scale`)."""
     df = _frame(records)
     datasets = _datasets(df, dataset)
     if ax is None:
@@ -241,6 +275,7 @@ def plot_kl_curve(
     ax.set_xlabel("step")
     ax.set_ylabel(key)
     if ax.lines:
+        set_value_scale(ax, np.concatenate([line.get_ydata() for line in ax.lines]).astype(float), key, scale)
         ax.legend(fontsize="small")
     else:
         ax.text(0.5, 0.5, f"no '{key}' logged in these records", ha="center", va="center", transform=ax.transAxes)

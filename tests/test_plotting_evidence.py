@@ -1,0 +1,76 @@
+"""Figures of the evidence reports: only the domains run, log / symlog axes, paired gains drawn."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from domainbed.lib import plotting, plotting_gains  # noqa: E402
+from domainbed.lib.paired_gains import paired_gains  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    import fixtures_records
+
+    root = tmp_path_factory.mktemp("sweep")
+    fixtures_records.write_sweep(root)
+    return plotting.load_sweep(root, verbose=False)
+
+
+def single_env_runs(df: pd.DataFrame, dataset: str, envs: set[int]) -> pd.DataFrame:
+    keep = (df["dataset"] == dataset) & (df["n_test_envs"] == 1) & df["test_env"].isin(envs)
+    return df[keep].copy()
+
+
+def test_ftlp_bars_draw_only_the_domains_that_were_run(toy):
+    fig = plotting.plot_ftlp_bars(single_env_runs(toy, "ToyA", {0, 2}), "training_domain")
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["env0", "env2"]
+    full = plotting.plot_ftlp_bars(single_env_runs(toy, "ToyA", {0, 1, 2}), "training_domain")
+    assert [t.get_text() for t in full.axes[0].get_xticklabels()] == ["env0", "env1", "env2"]
+
+
+def test_loss_curves_use_a_log_axis_and_say_so(toy):
+    fig = plotting.plot_curves(toy, keys=("loss",), dataset="ToyA")
+    loss_axis = fig.axes[1]
+    assert loss_axis.get_yscale() == "log" and "log scale" in loss_axis.get_ylabel()
+
+
+def test_prior_term_curve_is_symlog_for_negative_values(toy):
+    df = toy.copy()
+    df.loc[df["algorithm"] == "MIRO", "ftlp_kl"] = -5.8  # MIRO's term is negative since its log-variance fix
+    fig = plotting.plot_kl_curve(df, dataset="ToyA")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "symlog" and "symlog" in ax.get_ylabel()
+    drawn = np.concatenate([line.get_ydata() for line in ax.lines])
+    assert drawn.min() == pytest.approx(-5.8)  # the values are drawn as they are, not shifted
+    with pytest.raises(ValueError, match="scale must be"):
+        plotting.set_value_scale(ax, drawn, "x", "cubic")
+
+
+def test_paired_gain_figure_draws_the_selected_gains(toy):
+    selection = "training_domain"
+    comparisons = [("ERM_FTLP", "ERM"), ("SWAD_FTLP", "SWAD"), ("CORAL_FTLP", "CORAL")]
+    fig = plotting_gains.plot_paired_gains(toy, selection, comparisons)
+    gains = paired_gains(plotting_gains.selected_runs(toy, selection), comparisons)
+    ax = fig.axes[0]  # ToyA
+    erm = gains[(gains["dataset"] == "ToyA") & (gains["treatment"] == "ERM_FTLP")].set_index("test_env")
+    expected = [erm.at[e, "mean"] for e in (0, 1, 2, -1)]
+    drawn = [c for c in ax.containers if c.get_label().startswith("ERM_FTLP − ERM")]
+    assert len(drawn) == 1
+    assert np.allclose(drawn[0].lines[0].get_ydata(), expected)
+    assert "CORAL_FTLP − CORAL" in ax.get_xlabel()  # named, not silently dropped
+    assert [t.get_text() for t in ax.get_xticklabels()][-1].startswith("mean over")
+
+
+def test_arm_accuracy_figure_has_one_panel_per_dataset_and_every_arm(toy):
+    fig = plotting_gains.plot_arm_accuracy(toy, "oracle")
+    assert len(fig.axes) == 2
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert sorted(legend) == ["ERM", "ERM_FTLP", "MIRO", "SWAD", "SWAD_FTLP"]
