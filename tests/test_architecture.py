@@ -28,7 +28,6 @@ PACKAGE = REPO / "domainbed"
 KNOWN_UPWARD_FROM_LIB = {
     ("domainbed.lib.tables", "domainbed.model_selection"),  # the averaged-model caption: pass the trait in
     ("domainbed.lib.tables", "domainbed.datasets"),  # environment names: pass them in
-    ("domainbed.lib.loaders", "domainbed.datasets.augment_params"),  # per-sample augmentation seeds: move to lib
 }
 
 
