@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from domainbed.datasets import images
-from domainbed.datasets.base import DatasetError, dataset_names, get_dataset_class
+from domainbed.datasets import DatasetError, dataset_names, get_dataset_class
 from domainbed.datasets.images import (
     BadImageWarning,
     DomainNet,

@@ -52,6 +52,11 @@ def bad_image_count() -> int:
     return int(_bad_image_total.value)
 
 
+def domain_folders(folder: str) -> list[str]:
+    """The domains of an image-folder dataset: its sub-folders, sorted, hidden ones left out."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
 def load_rgb(path: str) -> Image.Image:
     """Decode an image file fully (``convert`` forces the decode) as an RGB PIL image."""
     with open(path, "rb") as f:
@@ -209,7 +214,7 @@ class ImageFolderDomains(MultipleDomainDataset):
     def _find_domains(self, folder: str) -> list[str]:
         if not os.path.isdir(folder):
             raise DatasetError(f"dataset folder {folder} does not exist or is not a directory. {self._layout_hint()}")
-        domains = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+        domains = domain_folders(folder)
         if not domains:
             raise DatasetError(f"dataset folder {folder} has no domain sub-folders. {self._layout_hint()}")
         return domains
