@@ -7,7 +7,7 @@ file with ``@register_dataset``.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from domainbed.datasets.base import (
     DatasetError,
@@ -45,6 +45,18 @@ def environment_names(name: str) -> list[str]:
     return list(get_dataset_class(name).ENVIRONMENTS)
 
 
+def known_environment_names(names: Iterable[str]) -> dict[str, list[str]]:
+    """:func:`environment_names` of each dataset in ``names`` that is registered or an
+    existing folder; others (records of an older or foreign sweep) are left out."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = environment_names(name)
+        except DatasetError:
+            continue
+    return out
+
+
 def num_environments(name: str) -> int:
     return len(environment_names(name))
 
@@ -66,6 +78,7 @@ __all__ = [
     "environment_names",
     "get_dataset_class",
     "is_folder_dataset",
+    "known_environment_names",
     "num_environments",
     "register_dataset",
 ]
