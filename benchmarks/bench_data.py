@@ -26,8 +26,8 @@ import torch
 from bench_common import Config, Setting, build, synchronize
 from PIL import Image
 
-from domainbed.datasets.augment_params import sample_generator
 from domainbed.datasets.transforms import TrainAugment
+from domainbed.lib.misc import sample_generator
 
 PIPELINES = ("cpu", "device")
 

@@ -2,15 +2,17 @@
 
 The rules (training-domain validation, leave-one-domain-out, test-domain oracle) live in
 :mod:`domainbed.lib.selection` and are re-exported here under DomainBed's module name.
-This module adds what ``lib`` may not know: which algorithms report an averaged model,
-read from each algorithm's own ``AVERAGED_MODEL`` trait through the algorithm registry
-(SWAD and every variant built on it), so :func:`prepare_records` can list the runs of
-such algorithms that never wrote their averaged record.
+This module adds what ``lib`` may not know, read from the algorithms' own traits through
+the algorithm registry: which algorithms report an averaged model (``AVERAGED_MODEL``:
+SWAD and every variant built on it), so :func:`prepare_records` can list the runs of such
+algorithms that never wrote their averaged record; and which pairs of algorithms the
+reports compare (:func:`paired_comparisons`).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Iterable
 
 import pandas as pd
 
@@ -48,8 +50,8 @@ __all__ = [
     "TrainingDomainValidation",
     "get_selection_method",
     "heldout_env_accuracy",
-    "is_swad_family",
     "n_envs_of",
+    "paired_comparisons",
     "prepare_records",
     "register_selection_method",
     "reports_averaged_model",
@@ -58,25 +60,43 @@ __all__ = [
 
 
 @functools.cache
-def reports_averaged_model(algorithm: str) -> bool:
-    """True when ``algorithm`` declares ``AVERAGED_MODEL`` (its reported model is an average).
-
-    Names no longer registered (records of an older or foreign sweep) count as False.
-    """
+def _registered(algorithm: str) -> type | None:
+    """The registered class ``algorithm``; None for names no longer registered (records of
+    an older or foreign sweep), which therefore have no traits."""
     from domainbed.algorithms import get_algorithm_class  # torch and every algorithm: only when asked
 
     try:
-        cls = get_algorithm_class(algorithm)
+        return get_algorithm_class(algorithm)
     except ValueError:
-        return False
-    return bool(getattr(cls, "AVERAGED_MODEL", False))
+        return None
 
 
-def is_swad_family(label: str) -> bool:
-    """Older name kept for lib/tables.py: :func:`reports_averaged_model` of an algorithm, or
-    of either side of a table's ``"A vs B"`` comparison label. Call
-    :func:`reports_averaged_model` on algorithm names instead."""
-    return any(reports_averaged_model(part.strip()) for part in label.split(" vs "))
+def _trait(algorithm: str, name: str, default: object = None) -> object:
+    return getattr(_registered(algorithm), name, default)
+
+
+def reports_averaged_model(algorithm: str) -> bool:
+    """True when ``algorithm`` declares ``AVERAGED_MODEL`` (its reported model is an average).
+
+    Names no longer registered count as False.
+    """
+    return bool(_trait(algorithm, "AVERAGED_MODEL", False))
+
+
+def paired_comparisons(algorithms: Iterable[str]) -> list[tuple[str, str]]:
+    """The (treatment, baseline) pairs the paired-gain tables report, among ``algorithms``.
+
+    From the traits: each FT-LP variant against its base (``FTLP_BASE``), sorted by variant;
+    then each algorithm against its control arms (``CONTROL_OF``) and the published methods
+    it is measured against (``BASELINE_OF``, e.g. ERM_FTLP against MIRO), sorted. A pair is
+    kept only when both algorithms are in ``algorithms``.
+    """
+    present = set(algorithms)
+    variants = sorted((a, str(_trait(a, "FTLP_BASE"))) for a in present if _trait(a, "FTLP_BASE"))
+    others = sorted(
+        (str(_trait(a, trait)), a) for a in present for trait in ("CONTROL_OF", "BASELINE_OF") if _trait(a, trait)
+    )
+    return [(t, b) for t, b in variants + others if t in present and b in present]
 
 
 def prepare_records(records: pd.DataFrame | PreparedRecords) -> PreparedRecords:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -23,7 +24,10 @@ import fixtures_records as fx  # noqa: E402
 from domainbed.lib.records import load_records  # noqa: E402
 from domainbed.lib.tables import (  # noqa: E402
     REFERENCE_DATASETS,
+    Row,
+    Stat,
     SweepLayout,
+    Table,
     averages_table,
     format_stat,
     mean_se,
@@ -303,7 +307,8 @@ def test_gain_se_is_of_the_paired_differences_not_of_the_groups():
     )
     from domainbed.lib.tables import paired_gain_stats
 
-    stats = paired_gain_stats(selected)
+    stats = paired_gain_stats(selected, [("ERM_FTLP", "ERM"), ("ERM_FTLP", "MIRO")])
+    assert len(stats) == 1  # MIRO did not run: no pair
     assert stats.loc[0, "comparison"] == "ERM_FTLP vs ERM"
     assert stats.loc[0, "mean"] == pytest.approx(0.10) and stats.loc[0, "se"] == pytest.approx(0.0, abs=1e-12)
 
@@ -338,6 +343,52 @@ def test_reference_rows_in_averages_table():
     assert one.row("MIRO (reported)").avg == pytest.approx(0.854)
 
 
+def test_collect_results_passes_what_the_registries_know():
+    # The layout gets domain names from the dataset registry, and the averaged-model
+    # algorithms and the pairs to compare from the algorithms' traits; unknown names get none.
+    algorithms = ["ERM_FTLP", "ERM_FTLP_ShuffledPrior", "MIRO", "SWAD", "SWAD_FTLP", "CORAL_FTLP", "Unknown_FTLP", "Unknown"]
+    df = pd.DataFrame(
+        [{"dataset": d, "algorithm": a, "n_envs": 4} for d in ("PACS", "NoSuchDataset") for a in algorithms]
+    )
+    layout = collect_results.sweep_layout(df)
+    assert dict(layout.domains) == {"PACS": ["A", "C", "P", "S"]}
+    assert layout.domain_names("NoSuchDataset") == ("env0", "env1", "env2", "env3")
+    assert layout.averaged == {"SWAD", "SWAD_FTLP"}
+    # No ERM or CORAL ran: their variants have no pair; Unknown_FTLP is not guessed from its name.
+    assert list(layout.comparisons) == [("SWAD_FTLP", "SWAD"), ("ERM_FTLP", "ERM_FTLP_ShuffledPrior"), ("ERM_FTLP", "MIRO")]
+
+
+def _rendered_table() -> Table:
+    cells = [Stat(0.5, 0.01, 3), None, Stat(0.25, 0.0, 2)]
+    return Table("k", "Caption — a ± b", ["d0", "d_1", "d2"], [Row.of("A|B_1", cells), Row.of("C", [Stat(0.1, 0.0, 3)] * 3)])
+
+
+def test_rendered_tables_read_back_as_their_cells():
+    table = _rendered_table()
+    expected_head = ["Algorithm", "d0", "d_1", "d2", "Avg", "n"]
+    expected = [["A|B_1", "50.0 {pm} 1.0", "X", "25.0 {pm} 0.0 (n=2)", "X", "3"], ["C", *["10.0 {pm} 0.0"] * 3, "10.0", "3"]]
+    # Text: the rule under the header marks each column's span.
+    lines = render(table, "text").split("\n\n", 1)[1].splitlines()
+    spans = [m.span() for m in re.finditer(r"-+", lines[1])]
+    cut = lambda line: [line[a:b + 2].strip() if i < len(spans) - 1 else line[a:].strip() for i, (a, b) in enumerate(spans)]  # noqa: E731
+    assert cut(lines[0]) == expected_head
+    assert [cut(line) for line in lines[2:]] == [[c.format(pm="+/-") for c in r] for r in expected]
+    # Markdown: split on the pipes that are not escaped.
+    md = render(table, "markdown").splitlines()
+    assert md[0] == "**Caption — a ± b**" and md[1] == ""
+    split = lambda line: [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]  # noqa: E731
+    assert split(md[2]) == expected_head and re.fullmatch(r"\|(-+\|){6}", md[3])
+    assert [split(line) for line in md[4:]] == [[c.format(pm="±") for c in r] for r in expected]
+    # LaTeX: booktabs rules, escaped labels and caption, cells as formatted.
+    tex = render(table, "latex").splitlines()
+    assert tex[:4] == [r"\begin{table}[ht]", r"\centering", r"\caption{Caption --- a $\pm$ b}", r"\begin{tabular}{lccccc}"]
+    assert tex[4] == r"\toprule" and tex[6] == r"\midrule" and tex[-3:] == [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    row = lambda line: [c.strip() for c in line.removesuffix(r"\\").split(" & ")]  # noqa: E731
+    assert row(tex[5]) == ["Algorithm", "d0", r"d\_1", "d2", "Avg", "n"]
+    assert [row(line) for line in tex[7:-3]] == [[r"A|B\_1", *[c.format(pm=r"$\pm$") for c in expected[0][1:]]],
+                                                 [c.format(pm=r"$\pm$") for c in expected[1]]]
+
+
 # ----------------------------------------------------------------------------- output
 
 def test_collect_text_counts_and_captions(sweep):
@@ -365,12 +416,13 @@ def test_collect_formats(sweep, fmt, pm):
         line = next(line for line in out.splitlines() if line.startswith("SWAD_FTLP "))
         assert cell in line
     elif fmt == "markdown":
-        line = next(line for line in out.splitlines() if line.startswith("| SWAD_FTLP |"))
+        line = next(line for line in out.splitlines() if line.startswith("| SWAD_FTLP "))
         assert cell in line and line.count("|") == 7
-        assert "| --- |" not in out and "|---|" in out
+        rules = [line for line in out.splitlines() if line.startswith("|-")]
+        assert rules and all(re.fullmatch(r"\|(-+\|)+", rule) for rule in rules)  # GitHub pipes, no alignment marks
     else:
-        assert r"\begin{tabular}" in out and r"\toprule" in out and r"\end{table}" in out
-        line = next(line for line in out.splitlines() if line.startswith(r"SWAD\_FTLP &"))
+        assert r"\begin{tabular}{lccccc}" in out and r"\toprule" in out and r"\end{table}" in out
+        line = next(line for line in out.splitlines() if line.startswith(r"SWAD\_FTLP "))
         assert cell in line and line.endswith(r"\\")
         preamble = [line for line in out.split(r"\begin{table}")[0].splitlines() if line.strip()]
         assert preamble and all(line.startswith("%") for line in preamble)
@@ -438,7 +490,9 @@ def test_run_domains_table_averages_the_domains_a_sweep_ran():
          ("PACS", "ERM", 0, 1, 0.70), ("PACS", "ERM", 2, 1, 0.96),
          ("PACS", "CORAL", 0, 0, 0.75)]  # CORAL's trial lacks P: left out
     )
-    layout = SweepLayout(["PACS"], {"PACS": ["CORAL", "ERM"]}, {"PACS": 4})
+    unnamed = SweepLayout(["PACS"], {"PACS": ["CORAL", "ERM"]}, {"PACS": 4})
+    assert run_domains_table(selected, "t", "t", unnamed).columns == ["PACS [env0, env2 only]"]  # lib knows no names
+    layout = SweepLayout(["PACS"], {"PACS": ["CORAL", "ERM"]}, {"PACS": 4}, domains={"PACS": ["A", "C", "P", "S"]})
     assert averages_table(selected, "t", "t", layout).row("ERM").cells[0] is None
     table = run_domains_table(selected, "t", "t", layout)
     assert table.key == "t/averages_run_domains" and table.columns == ["PACS [A, P only]"]

@@ -164,9 +164,10 @@ def test_nvjpeg_batched_decode_close_to_cpu_decode(tmp_path):
 def test_batched_augmentation_on_cuda_matches_the_cpu_run():
     """The same pixels and parameters through the batched augmentation on the GPU and on the
     CPU: uint8 resize rounds on each device in its own way (1 level), the rest is float."""
-    from domainbed.datasets.augment_params import draw_params, sample_generator
+    from domainbed.datasets.augment_params import draw_params
     from domainbed.datasets.batched_augment import augment_batch
     from domainbed.datasets.transforms import IMAGENET_STD
+    from domainbed.lib.misc import sample_generator
 
     g = torch.Generator().manual_seed(0)
     pixels = [torch.randint(0, 256, (3, 60 + 7 * i, 80 - 5 * i), dtype=torch.uint8, generator=g) for i in range(6)]

@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from domainbed.datasets import build_dataset
-from domainbed.datasets.augment_params import AugmentSpec, draw_params, sample_generator, sample_seed
+from domainbed.datasets.augment_params import AugmentSpec, draw_params
 from domainbed.datasets.bad_images import BadImageWarning, load_rgb
 from domainbed.datasets.batched_augment import adjust_hue, augment_batch, color_jitter
 from domainbed.datasets.device_pipeline import (
@@ -35,6 +35,7 @@ from domainbed.datasets.device_pipeline import (
 from domainbed.datasets.images import ImageFolderDomains
 from domainbed.datasets.transforms import IMAGENET_STD, TrainAugment, eval_transform
 from domainbed.lib.loaders import train_loader
+from domainbed.lib.misc import sample_generator, sample_seed
 
 CPU = torch.device("cpu")
 # One grey level (1/255) after normalisation is at most 1 / (255 * min std).

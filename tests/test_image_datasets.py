@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from domainbed.datasets import _folder_domain
-from domainbed.datasets.base import DatasetError, dataset_names, get_dataset_class
+from domainbed.datasets import DatasetError, _folder_domain, dataset_names, get_dataset_class
 from domainbed.datasets.bad_images import BadImageWarning, bad_image_count
 from domainbed.datasets.images import (
     DomainNet,

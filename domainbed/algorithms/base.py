@@ -43,6 +43,8 @@ class Algorithm(nn.Module):
     FTLP_BASE: ClassVar[str | None] = None
     # Set on control arms (e.g. a shuffled prior): the algorithm they are a control of.
     CONTROL_OF: ClassVar[str | None] = None
+    # Set on a published method that one of ours is measured against: that algorithm (MIRO: ERM_FTLP).
+    BASELINE_OF: ClassVar[str | None] = None
     # True when the reported model is an average of the trained weights (SWAD): model selection reads it.
     AVERAGED_MODEL: ClassVar[bool] = False
 

@@ -24,6 +24,8 @@ class MIRO(FTLP, ERM):
     HPARAMS = {"ftlp_lambda": HParam(0.1, log_uniform(-3, 0), "MIRO's λ (0.01 PACS/VLCS, 0.1 OfficeHome/TerraInc/DomainNet)")}
 
     HPARAMS_FIXED = tuple(name for name in FTLP_HPARAMS if name != "ftlp_lambda")
+    # The reports pair ERM_FTLP's runs with MIRO's: the gain of FT-LP over the closest published method.
+    BASELINE_OF = "ERM_FTLP"
 
     def ftlp_config(self) -> FTLPConfig:
         return FTLPConfig(lam=float(self.hparams["ftlp_lambda"]), posterior="point", layers="stages",

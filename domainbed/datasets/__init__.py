@@ -7,16 +7,16 @@ file with ``@register_dataset``.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from domainbed.datasets.base import (
     DatasetError,
     MultipleDomainDataset,
     dataset_names,
-    get_dataset_class as _registered_class,
     register_dataset,
+    registered_dataset_class,
 )
-from domainbed.datasets.images import ImageFolderDomains
+from domainbed.datasets.images import ImageFolderDomains, domain_folders
 from domainbed.lib.discovery import import_submodules
 
 import_submodules(__name__, __path__, skip=("base",))
@@ -34,13 +34,31 @@ def get_dataset_class(name: str) -> type[MultipleDomainDataset]:
     if name not in dataset_names() and (os.sep in name or name.startswith((".", "~"))):
         # A path, not a name: say so rather than listing the registered names.
         raise DatasetError(f"dataset folder {name} does not exist (expected a ROOT/<domain>/<class>/<image> folder)")
-    return _registered_class(name)
+    return registered_dataset_class(name)
+
+
+def environment_names(name: str) -> list[str]:
+    """Domain names of dataset ``name``: the registered class's ``ENVIRONMENTS``, or a
+    folder dataset's domain sub-folders in the order it loads them."""
+    if is_folder_dataset(name):
+        return domain_folders(name)
+    return list(get_dataset_class(name).ENVIRONMENTS)
+
+
+def known_environment_names(names: Iterable[str]) -> dict[str, list[str]]:
+    """:func:`environment_names` of each dataset in ``names`` that is registered or an
+    existing folder; others (records of an older or foreign sweep) are left out."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = environment_names(name)
+        except DatasetError:
+            continue
+    return out
 
 
 def num_environments(name: str) -> int:
-    if is_folder_dataset(name):
-        return len([d for d in os.listdir(name) if os.path.isdir(os.path.join(name, d)) and not d.startswith(".")])
-    return len(_registered_class(name).ENVIRONMENTS)
+    return len(environment_names(name))
 
 
 def build_dataset(
@@ -49,7 +67,7 @@ def build_dataset(
     """Instantiate a registered dataset, or the generic image-folder dataset for a path."""
     if is_folder_dataset(name):
         return ImageFolderDomains(name, test_envs, dict(hparams))
-    return _registered_class(name)(data_dir, test_envs, dict(hparams))
+    return registered_dataset_class(name)(data_dir, test_envs, dict(hparams))
 
 
 __all__ = [
@@ -57,8 +75,10 @@ __all__ = [
     "MultipleDomainDataset",
     "build_dataset",
     "dataset_names",
+    "environment_names",
     "get_dataset_class",
     "is_folder_dataset",
+    "known_environment_names",
     "num_environments",
     "register_dataset",
 ]

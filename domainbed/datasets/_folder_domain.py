@@ -22,10 +22,10 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.vision import VisionDataset
 
-from domainbed.datasets.augment_params import sample_generator
 from domainbed.datasets.bad_images import BadImageWarning, load_rgb, record_bad_image
 from domainbed.datasets.base import DatasetError
 from domainbed.datasets.transforms import TrainAugment
+from domainbed.lib.misc import sample_generator
 
 __all__ = ["IMG_EXTENSIONS", "FileListDomain", "ImageDomain"]
 

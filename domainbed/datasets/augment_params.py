@@ -4,9 +4,9 @@ Both input pipelines call :func:`draw_params`: the CPU path applies the result t
 image in a loader worker (:class:`domainbed.datasets.transforms.TrainAugment`), the device
 path to a batch of decoded images on the GPU (:mod:`domainbed.datasets.batched_augment`).
 A training sample's parameters come from a ``torch.Generator`` seeded with
-:func:`sample_seed` ``(loader seed, step, position in the batch)``, so they do not depend
-on which pipeline runs, on the number of loader workers, or on where a resumed run
-restarted.
+:func:`domainbed.lib.misc.sample_seed` ``(loader seed, step, position in the batch)``, so
+they do not depend on which pipeline runs, on the number of loader workers, or on where a
+resumed run restarted.
 
 The draws replicate torchvision's v2 transforms call for call (RandomResizedCrop,
 RandomHorizontalFlip, ColorJitter, RandomGrayscale, in that order): with the global
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from domainbed.lib.misc import seed_hash
+# The per-sample seed lives in lib (the loaders use it too); re-exported for the pipelines.
 
 # ColorJitter's operations, in torchvision's numbering (the permutation draws these ids).
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -88,15 +88,6 @@ class AugmentParams:
 
     def factor(self, op: int) -> float | None:
         return getattr(self, JITTER_OPS[op])
-
-
-def sample_seed(loader_seed: int, step: int, position: int) -> int:
-    """Seed of the augmentation of the sample at ``position`` in batch ``step``."""
-    return seed_hash(loader_seed, step, position)
-
-
-def sample_generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _uniform(lo: float, hi: float, g: torch.Generator | None) -> float:

@@ -67,18 +67,17 @@ def dataset_names() -> list[str]:
     return _DATASETS.names()
 
 
-def get_dataset_class(name: str) -> type[MultipleDomainDataset]:
-    """The registered class called ``name``; the error lists the valid names."""
+def registered_dataset_class(name: str) -> type[MultipleDomainDataset]:
+    """The registered class called ``name``; the error lists the valid names.
+
+    Callers use :func:`domainbed.datasets.get_dataset_class`, which also accepts a folder.
+    """
     try:
         return _DATASETS.get(name)
     except ValueError as e:
         raise DatasetError(
             f"{e}. Any folder laid out as ROOT/<domain>/<class>/<image> also works: pass its path as --dataset."
         ) from None
-
-
-def num_environments(name: str) -> int:
-    return len(get_dataset_class(name).ENVIRONMENTS)
 
 
 class TensorDomain(Dataset):

@@ -26,13 +26,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from domainbed.datasets.augment_params import AugmentParams, draw_params, sample_generator
+from domainbed.datasets.augment_params import AugmentParams, draw_params
 from domainbed.datasets.bad_images import BadImageWarning, record_bad_image
 from domainbed.datasets.base import DatasetError, MultipleDomainDataset
 from domainbed.datasets.batched_augment import augment_batch
 from domainbed.datasets.images import ImageFolderDomains
 from domainbed.datasets.transforms import TrainAugment
 from domainbed.lib.loaders import train_loader
+from domainbed.lib.misc import sample_generator
 
 # Values of the hparam input_pipeline (declared with the family hparams, default auto).
 PIPELINES = ("auto", "cpu", "device")

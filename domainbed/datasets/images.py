@@ -23,6 +23,13 @@ from domainbed.datasets.base import DatasetError, MultipleDomainDataset, registe
 from domainbed.datasets.transforms import eval_transform, train_transform
 
 
+def domain_folders(folder: str) -> list[str]:
+    """The domains of an image-folder dataset: its sub-folders, sorted, hidden ones left out."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+
+
 class ImageFolderDomains(MultipleDomainDataset):
     """Any folder laid out as ``ROOT/<domain>/<class>/<image>``, one environment per domain.
 
@@ -80,7 +87,7 @@ class ImageFolderDomains(MultipleDomainDataset):
     def _find_domains(self, folder: str) -> list[str]:
         if not os.path.isdir(folder):
             raise DatasetError(f"dataset folder {folder} does not exist or is not a directory. {self._layout_hint()}")
-        domains = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+        domains = domain_folders(folder)
         if not domains:
             raise DatasetError(f"dataset folder {folder} has no domain sub-folders. {self._layout_hint()}")
         return domains

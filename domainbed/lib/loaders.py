@@ -15,8 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from domainbed.datasets.augment_params import sample_seed
-from domainbed.lib.misc import seed_hash
+from domainbed.lib.misc import sample_seed, seed_hash
 
 # fetch(root dataset, index in it, sample seed) -> sample; see SeededSamples.
 Fetch = Callable[[Dataset, int, int], Any]

@@ -20,6 +20,21 @@ def seed_hash(*args: Any) -> int:
     return int(digest, 16) % (2**31)
 
 
+def sample_seed(loader_seed: int, step: int, position: int) -> int:
+    """Seed of the augmentation of the training sample at ``position`` in batch ``step``.
+
+    Both input pipelines (CPU loader workers and the device pipeline) seed a sample's
+    augmentation draws with it, so they do not depend on the pipeline, the number of
+    workers or where a resumed run restarted.
+    """
+    return seed_hash(loader_seed, step, position)
+
+
+def sample_generator(seed: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with ``seed`` (e.g. a :func:`sample_seed`)."""
+    return torch.Generator().manual_seed(seed)
+
+
 def set_global_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) with one value."""
     random.seed(seed)

@@ -42,10 +42,10 @@ from domainbed.lib.tables import (  # noqa: E402
     SweepLayout,
     dataset_tables,
     env_names,
-    ftlp_comparisons,
     per_domain_stats,
     table_cells,
 )
+from domainbed.lib.variant_names import ftlp_variant_pairs as ftlp_comparisons  # noqa: E402
 
 Records = pd.DataFrame | RecordLoad | str | os.PathLike
 

@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
@@ -50,6 +50,16 @@ ID_COLUMNS = [
     "record_index",
     "step",
 ]
+
+
+def env_indices(columns: Iterable[object]) -> list[int]:
+    """The environment indices ``i`` that have an ``env{i}_in_acc`` column, sorted."""
+    found = []
+    for col in columns:
+        name = str(col)
+        if name.startswith("env") and name.endswith("_in_acc") and name[3:-7].isdigit():
+            found.append(int(name[3:-7]))
+    return sorted(found)
 
 
 @dataclass

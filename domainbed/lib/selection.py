@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from domainbed.lib.records import env_indices
 from domainbed.lib.registry import Registry
 
 GROUP_KEYS = ["dataset", "algorithm", "test_env", "trial_seed"]
@@ -67,18 +68,9 @@ def n_envs_of(df: pd.DataFrame) -> pd.Series:
     """Number of environments per dataset: one more than the highest env index with an accuracy."""
     counts: dict[str, int] = {}
     for dataset, part in df.groupby("dataset", sort=False):
-        present = [i for i in _env_indices(part.columns) if part[f"env{i}_in_acc"].notna().any()]
+        present = [i for i in env_indices(part.columns) if part[f"env{i}_in_acc"].notna().any()]
         counts[dataset] = max(present) + 1 if present else 0
     return df["dataset"].map(counts).astype("int64")
-
-
-def _env_indices(columns: pd.Index) -> list[int]:
-    found = []
-    for col in columns:
-        name = str(col)
-        if name.startswith("env") and name.endswith("_in_acc") and name[3:-7].isdigit():
-            found.append(int(name[3:-7]))
-    return sorted(found)
 
 
 def prepare_records(
@@ -141,7 +133,7 @@ def _training_domain_out_mean(df: pd.DataFrame) -> np.ndarray:
     total = np.zeros(len(df))
     count = np.zeros(len(df))
     test_sets = df["test_envs"].tolist()
-    for i in _env_indices(df.columns):
+    for i in env_indices(df.columns):
         col = f"env{i}_out_acc"
         if col not in df.columns:
             continue

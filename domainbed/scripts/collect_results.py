@@ -5,8 +5,9 @@
 
 For each selection rule: one table per dataset (rows algorithms, columns domains + Avg),
 an averages table over datasets (plus one over the domains run when a sweep ran only
-some), and the paired FT-LP gain tables (each ``B_FTLP``
-against its base ``B``, and ERM_FTLP against MIRO). Counts of skipped unfinished jobs
+some), and the paired FT-LP gain tables (the pairs the algorithms' traits name: each
+``B_FTLP`` against its base ``B``, ERM_FTLP against its control arm and against MIRO;
+:func:`domainbed.model_selection.paired_comparisons`). Counts of skipped unfinished jobs
 and truncated lines come first, so a partial sweep is read, never a crash. The same text is
 saved as ``results.txt`` (``results.md``, ``results.tex``) in the sweep folder, as DomainBed
 does. Call :func:`collect` to get it in-process.
@@ -20,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
+
 from domainbed.lib.records import RecordLoad, load_records
 from domainbed.lib.tables import (
     FORMATS,
@@ -31,9 +34,15 @@ from domainbed.lib.tables import (
     render,
     run_domains_table,
 )
-from domainbed.model_selection import SELECTION_METHODS, SelectionMethod, get_selection_method, prepare_records
-
-DEFAULT_SELECTION = ("training_domain", "leave_one_out", "oracle")
+from domainbed.model_selection import (
+    DEFAULT_SELECTION,
+    SELECTION_METHODS,
+    SelectionMethod,
+    get_selection_method,
+    paired_comparisons,
+    prepare_records,
+    reports_averaged_model,
+)
 
 
 def _comment(lines: str, fmt: str) -> str:
@@ -51,6 +60,22 @@ def _heading(text: str, fmt: str) -> str:
     return f"===== {text} ====="
 
 
+def sweep_layout(df: pd.DataFrame) -> SweepLayout:
+    """The layout of prepared records with what the registries know about their names:
+    domain names (:func:`domainbed.datasets.known_environment_names`), the algorithms that
+    report an averaged model and the pairs to compare (from the algorithms' traits)."""
+    from domainbed.datasets import known_environment_names  # torch and every dataset: only when tabulating
+
+    datasets = sorted(df["dataset"].unique()) if len(df) else []
+    algorithms = sorted(df["algorithm"].unique()) if len(df) else []
+    return SweepLayout.from_records(
+        df,
+        domains=known_environment_names(datasets),
+        averaged=[a for a in algorithms if reports_averaged_model(a)],
+        comparisons=paired_comparisons(algorithms),
+    )
+
+
 def method_tables(load: RecordLoad, method: SelectionMethod, reference: bool = False) -> list[Table] | str:
     """The tables of one selection rule, or a one-line reason why it has none."""
     prepared = prepare_records(load.df)
@@ -59,7 +84,7 @@ def method_tables(load: RecordLoad, method: SelectionMethod, reference: bool = F
         if method.name == "leave_one_out":
             return f"No results under {method.title}: the sweep has no runs with two test envs (launch it without --single_test_envs)."
         return f"No results under {method.title}: no run has the accuracies this rule needs."
-    layout = SweepLayout.from_records(prepared.df)
+    layout = sweep_layout(prepared.df)
     tables = dataset_tables(selected, method.name, method.title, layout)
     tables.append(averages_table(selected, method.name, method.title, layout, reference and method.name == "training_domain"))
     partial = run_domains_table(selected, method.name, method.title, layout)

@@ -18,18 +18,18 @@ from domainbed.scripts import collect_results, run_notebook, sweep
 
 def per_domain_accuracy(sweep_dir: str) -> str:
     """Final accuracy of every run on every domain (test domain marked *), in percent."""
-    from domainbed.lib.records import load_records
+    from domainbed.lib.records import env_indices, load_records
 
     df = load_records(sweep_dir).df
     last = df.sort_values("step").groupby("output_dir").tail(1)
-    envs = sorted(int(c[3:-7]) for c in df.columns if c.startswith("env") and c.endswith("_in_acc"))
+    envs = env_indices(df.columns)
     rows = []
     for _, r in last.sort_values(["algorithm", "trial_seed"]).iterrows():
         cells = [f"{100 * r[f'env{i}_in_acc']:5.1f}{'*' if i in r['test_envs'] else ' '}" for i in envs]
         rows.append(f"{r['algorithm']:<10} trial {r['trial_seed']}  " + "  ".join(cells))
-    from domainbed.datasets import get_dataset_class
+    from domainbed.datasets import environment_names
 
-    names = get_dataset_class(str(last["dataset"].iloc[0])).ENVIRONMENTS
+    names = environment_names(str(last["dataset"].iloc[0]))
     header = f"{'':<10} {'':<7}  " + "  ".join(f"{names[i]:>5} " for i in envs)
     return "Final accuracy per domain (in-split, %; * = test domain):\n" + header + "\n" + "\n".join(rows) + "\n"
 

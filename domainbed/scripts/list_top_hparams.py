@@ -57,7 +57,10 @@ def list_top_hparams(
     _check_choice(df, "test_env", test_env, "--test_env")
     prepared = prepare_records(df)
     n_envs = int(prepared.df["n_envs"].max())
-    env_label = env_names(dataset, n_envs)[test_env] if test_env < n_envs else str(test_env)
+    from domainbed.datasets import known_environment_names  # torch and every dataset: only when run
+
+    names = env_names(dataset, n_envs, known_environment_names([dataset]).get(dataset))
+    env_label = names[test_env] if test_env < n_envs else str(test_env)
     out = [load.summarise(), *prepared.notes(), "", f"{dataset} / {algorithm} / test env {test_env} ({env_label})"]
     hparams = df.drop_duplicates("output_dir").set_index("output_dir")["hparams"]
     for name in selection:

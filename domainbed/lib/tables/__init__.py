@@ -1,0 +1,64 @@
+"""Result tables: aggregate selected runs into cells and render them (docs/design.md).
+
+- :mod:`.stats`: means, standard errors (population std / √n) and paired gains;
+- :mod:`.model`: :class:`SweepLayout`, :class:`Table` and :class:`Row`;
+- :mod:`.build`: the tables of one selection rule, :mod:`.reference`: published rows;
+- :mod:`.render`: plain text, Markdown or LaTeX.
+
+Nothing here knows a dataset or an algorithm by name: the caller passes the domain names,
+the algorithms that report an averaged model and the pairs to compare in the layout.
+"""
+
+from domainbed.lib.tables.build import averages_table, dataset_tables, gain_tables, run_domains_table
+from domainbed.lib.tables.model import Row, SweepLayout, Table, env_names
+from domainbed.lib.tables.reference import REFERENCE_DATASETS, REFERENCE_RESULTS, reference_rows
+from domainbed.lib.tables.render import (
+    FORMATS,
+    format_grid,
+    format_number,
+    format_stat,
+    latex_escape,
+    render,
+    table_cells,
+)
+from domainbed.lib.tables.stats import (
+    Comparison,
+    Stat,
+    comparison_label,
+    dataset_average_stats,
+    mean_se,
+    paired_gain_stats,
+    per_domain_stats,
+    run_domains,
+    run_domains_stats,
+)
+
+__all__ = [
+    "FORMATS",
+    "REFERENCE_DATASETS",
+    "REFERENCE_RESULTS",
+    "Comparison",
+    "Row",
+    "Stat",
+    "SweepLayout",
+    "Table",
+    "averages_table",
+    "comparison_label",
+    "dataset_average_stats",
+    "dataset_tables",
+    "env_names",
+    "format_grid",
+    "format_number",
+    "format_stat",
+    "gain_tables",
+    "latex_escape",
+    "mean_se",
+    "paired_gain_stats",
+    "per_domain_stats",
+    "reference_rows",
+    "render",
+    "run_domains",
+    "run_domains_stats",
+    "run_domains_table",
+    "table_cells",
+]
