@@ -83,6 +83,14 @@ def reports_averaged_model(algorithm: str) -> bool:
     return bool(_trait(algorithm, "AVERAGED_MODEL", False))
 
 
+def ftlp_variant_pairs(algorithms: Iterable[str]) -> list[tuple[str, str]]:
+    """(variant, base) for each FT-LP variant in ``algorithms`` whose base is there too
+    (the ``FTLP_BASE`` trait), sorted by variant."""
+    present = set(algorithms)
+    pairs = sorted((a, str(_trait(a, "FTLP_BASE"))) for a in present if _trait(a, "FTLP_BASE"))
+    return [(t, b) for t, b in pairs if b in present]
+
+
 def paired_comparisons(algorithms: Iterable[str]) -> list[tuple[str, str]]:
     """The (treatment, baseline) pairs the paired-gain tables report, among ``algorithms``.
 
@@ -92,11 +100,10 @@ def paired_comparisons(algorithms: Iterable[str]) -> list[tuple[str, str]]:
     kept only when both algorithms are in ``algorithms``.
     """
     present = set(algorithms)
-    variants = sorted((a, str(_trait(a, "FTLP_BASE"))) for a in present if _trait(a, "FTLP_BASE"))
     others = sorted(
         (str(_trait(a, trait)), a) for a in present for trait in ("CONTROL_OF", "BASELINE_OF") if _trait(a, trait)
     )
-    return [(t, b) for t, b in variants + others if t in present and b in present]
+    return ftlp_variant_pairs(present) + [(t, b) for t, b in others if t in present and b in present]
 
 
 def prepare_records(records: pd.DataFrame | PreparedRecords) -> PreparedRecords:

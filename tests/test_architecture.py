@@ -23,9 +23,6 @@ from domainbed.lib import selection
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "domainbed"
 
-# Upward imports from lib/ that are known and scheduled for removal. Each entry must still
-# exist (the test fails once it is fixed, so the list shrinks with the code).
-KNOWN_UPWARD_FROM_LIB: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:
@@ -112,8 +109,7 @@ def test_lib_imports_nothing_above_it() -> None:
         for dep in deps
         if not dep.startswith("domainbed.lib")
     }
-    assert upward - KNOWN_UPWARD_FROM_LIB == set()
-    assert KNOWN_UPWARD_FROM_LIB <= upward, "fixed: remove the entry from KNOWN_UPWARD_FROM_LIB"
+    assert upward == set(), "lib/ must not import the layers above it: pass what it needs in"
 
 
 def test_averaged_model_is_a_declared_trait_read_through_the_registry() -> None:

@@ -35,6 +35,7 @@ from domainbed.lib.tables import (  # noqa: E402
     run_domains_table,
 )
 from domainbed.model_selection import SELECTION_METHODS, prepare_records  # noqa: E402
+from domainbed.reporting.layout import sweep_layout  # noqa: E402
 from domainbed.scripts import collect_results, list_top_hparams  # noqa: E402
 
 RULES = ("training_domain", "leave_one_out", "oracle")
@@ -350,7 +351,7 @@ def test_collect_results_passes_what_the_registries_know():
     df = pd.DataFrame(
         [{"dataset": d, "algorithm": a, "n_envs": 4} for d in ("PACS", "NoSuchDataset") for a in algorithms]
     )
-    layout = collect_results.sweep_layout(df)
+    layout = sweep_layout(df)
     assert dict(layout.domains) == {"PACS": ["A", "C", "P", "S"]}
     assert layout.domain_names("NoSuchDataset") == ("env0", "env1", "env2", "env3")
     assert layout.averaged == {"SWAD", "SWAD_FTLP"}

@@ -10,8 +10,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from domainbed.lib import plotting, plotting_gains  # noqa: E402
 from domainbed.lib.paired_gains import paired_gains  # noqa: E402
+from domainbed.reporting import plotting, plotting_gains  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from domainbed.lib import plotting  # noqa: E402
 from domainbed.lib.records import load_records  # noqa: E402
 from domainbed.model_selection import get_selection_method  # noqa: E402
+from domainbed.reporting import plotting  # noqa: E402
 from domainbed.scripts.collect_results import collect  # noqa: E402
 
 RECORDS = HERE / "records"

@@ -21,12 +21,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
-
 from domainbed.lib.records import RecordLoad, load_records
 from domainbed.lib.tables import (
     FORMATS,
-    SweepLayout,
     Table,
     averages_table,
     dataset_tables,
@@ -39,10 +36,9 @@ from domainbed.model_selection import (
     SELECTION_METHODS,
     SelectionMethod,
     get_selection_method,
-    paired_comparisons,
     prepare_records,
-    reports_averaged_model,
 )
+from domainbed.reporting.layout import sweep_layout
 
 
 def _comment(lines: str, fmt: str) -> str:
@@ -58,22 +54,6 @@ def _heading(text: str, fmt: str) -> str:
     if fmt == "latex":
         return f"% ===== {text} ====="
     return f"===== {text} ====="
-
-
-def sweep_layout(df: pd.DataFrame) -> SweepLayout:
-    """The layout of prepared records with what the registries know about their names:
-    domain names (:func:`domainbed.datasets.known_environment_names`), the algorithms that
-    report an averaged model and the pairs to compare (from the algorithms' traits)."""
-    from domainbed.datasets import known_environment_names  # torch and every dataset: only when tabulating
-
-    datasets = sorted(df["dataset"].unique()) if len(df) else []
-    algorithms = sorted(df["algorithm"].unique()) if len(df) else []
-    return SweepLayout.from_records(
-        df,
-        domains=known_environment_names(datasets),
-        averaged=[a for a in algorithms if reports_averaged_model(a)],
-        comparisons=paired_comparisons(algorithms),
-    )
 
 
 def method_tables(load: RecordLoad, method: SelectionMethod, reference: bool = False) -> list[Table] | str:

@@ -34,10 +34,10 @@ REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
 from domainbed.datasets import get_dataset_class  # noqa: E402
-from domainbed.lib import plotting_gains  # noqa: E402
 from domainbed.lib.paired_gains import AVERAGE, EVIDENCE_COMPARISONS, format_gain, paired_gains  # noqa: E402
 from domainbed.lib.records import load_records  # noqa: E402
 from domainbed.model_selection import get_selection_method, prepare_records  # noqa: E402
+from domainbed.reporting import plotting_gains  # noqa: E402
 from domainbed.scripts.collect_results import collect  # noqa: E402
 
 RECORDS = "docs/evidence/v2/records"

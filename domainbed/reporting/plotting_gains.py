@@ -1,6 +1,6 @@
 """Figures of paired evidence sweeps: accuracy of every arm, paired gains, the λ curve.
 
-    from domainbed.lib import plotting, plotting_gains
+    from domainbed.reporting import plotting, plotting_gains
     records = plotting.load_sweep("docs/evidence/v2/records")
     fig = plotting_gains.plot_arm_accuracy(records, "training_domain")
     fig = plotting_gains.plot_paired_gains(records, "training_domain")
@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from domainbed.lib.paired_gains import AVERAGE, EVIDENCE_COMPARISONS, arm_accuracy, paired_gains
-from domainbed.lib.plotting import Records, _frame
 from domainbed.lib.selection import get_selection_method
-from domainbed.lib.tables import env_names
+from domainbed.reporting.layout import sweep_layout
+from domainbed.reporting.plotting import Records, _frame
 
 SE_NOTE = "mean ± SE over trials, SE = sample std (ddof=1)/√n"
 
@@ -34,8 +34,7 @@ def selected_runs(records: Records, selection: str = "training_domain") -> pd.Da
 
 
 def _names(selected: pd.DataFrame, dataset: str) -> tuple[str, ...]:
-    n = int(selected.loc[selected["dataset"] == dataset, "n_envs"].max())
-    return env_names(dataset, n)
+    return sweep_layout(selected[selected["dataset"] == dataset]).domain_names(dataset)
 
 
 def _empty_figure(message: str) -> plt.Figure:

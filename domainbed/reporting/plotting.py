@@ -1,6 +1,6 @@
 """Helpers for notebooks: load a sweep, per-domain tables, FT-LP bars, training curves.
 
-    from domainbed.lib import plotting
+    from domainbed.reporting import plotting
     records = plotting.load_sweep("demo_sweep")
     plotting.per_domain_table(records, "training_domain")
     fig = plotting.plot_ftlp_bars(records, "training_domain")
@@ -38,14 +38,9 @@ from domainbed.lib.selection import (  # noqa: E402
     prepare_records,
     training_domain_accuracy,
 )
-from domainbed.lib.tables import (  # noqa: E402
-    SweepLayout,
-    dataset_tables,
-    env_names,
-    per_domain_stats,
-    table_cells,
-)
-from domainbed.lib.variant_names import ftlp_variant_pairs as ftlp_comparisons  # noqa: E402
+from domainbed.lib.tables import dataset_tables, per_domain_stats, table_cells  # noqa: E402
+from domainbed.model_selection import ftlp_variant_pairs  # noqa: E402
+from domainbed.reporting.layout import sweep_layout  # noqa: E402
 
 Records = pd.DataFrame | RecordLoad | str | os.PathLike
 
@@ -97,13 +92,13 @@ def per_domain_table(
         stats = per_domain_stats(selected)
         if stats.empty:
             return stats
-        n_envs = df.groupby("dataset")["n_envs"].max().to_dict()
-        stats["domain"] = [env_names(d, int(n_envs[d]))[int(e)] for d, e in zip(stats["dataset"], stats["test_env"])]
+        layout = sweep_layout(df)
+        stats["domain"] = [layout.domain_names(d)[int(e)] for d, e in zip(stats["dataset"], stats["test_env"])]
         stats["mean"] = stats["mean"].astype(float) * 100
         stats["se"] = stats["se"].astype(float) * 100
         return stats[["dataset", "algorithm", "test_env", "domain", "mean", "se", "n"]]
     frames = []
-    for table in dataset_tables(selected, method.name, method.title, SweepLayout.from_records(df)):
+    for table in dataset_tables(selected, method.name, method.title, sweep_layout(df)):
         header, body = table_cells(table, "markdown")
         frame = pd.DataFrame(body, columns=header).set_index("Algorithm")
         frame.index = pd.MultiIndex.from_product([[table.key.split("/", 1)[1]], frame.index], names=["dataset", "algorithm"])
@@ -117,8 +112,7 @@ def _percent_stats(records: Records, selection: str, dataset: str) -> tuple[pd.D
     df = prepare_records(_frame(records)).df
     df = df[df["dataset"] == dataset]
     stats = per_domain_stats(get_selection_method(selection).select(prepare_records(df)))
-    n = int(df["n_envs"].max())
-    return stats, list(env_names(dataset, n))
+    return stats, list(sweep_layout(df).domain_names(dataset))
 
 
 def _axes_per_dataset(datasets: list[str], ax: plt.Axes | None, ncols: int = 1, width: float = 6.0):
@@ -141,7 +135,7 @@ def plot_ftlp_bars(
     title = get_selection_method(selection).title
     for name, axis in zip(datasets, axes[:, 0]):
         stats, domains = _percent_stats(df, selection, name)
-        algos = [a for pair in ftlp_comparisons(stats["algorithm"].unique()) if pair[1] != "MIRO" for a in (pair[1], pair[0])]
+        algos = [a for variant, base in ftlp_variant_pairs(stats["algorithm"].unique()) for a in (base, variant)]
         if not algos:
             axis.text(0.5, 0.5, f"{name}: no algorithm B with B_FTLP in this sweep", ha="center", va="center")
             axis.set_axis_off()
@@ -156,7 +150,7 @@ def plot_ftlp_bars(
             means = np.array([100 * part["mean"].get(e, np.nan) for e in run], dtype=float)
             ses = np.array([100 * part["se"].get(e, np.nan) for e in run], dtype=float)
             # tab20 pairs a dark and a light shade: base light, FT-LP dark, same hue.
-            color = cmap((k // 2) * 2 + (0 if algo.endswith("_FTLP") else 1))
+            color = cmap((k // 2) * 2 + (0 if k % 2 else 1))  # algos alternate base, variant
             axis.bar(x + (k - (len(algos) - 1) / 2) * width, means, width, yerr=ses, capsize=3, label=algo, color=color)
         lo = np.nanmin(100 * stats[stats["algorithm"].isin(algos)]["mean"].astype(float))
         axis.set_ylim(max(0.0, lo - 10), None)
