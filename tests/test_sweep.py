@@ -17,8 +17,12 @@ from types import SimpleNamespace
 
 import pytest
 
+import domainbed.algorithms
+import domainbed.datasets
 from domainbed.lib.misc import seed_hash
 from domainbed.scripts import sweep
+from domainbed.sweep import jobs as sweep_jobs
+from domainbed.sweep import sweep_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,10 +64,11 @@ if __name__ == "__main__":
 WRAPPER = '''
 import sys, time
 from pathlib import Path
+import domainbed.algorithms, domainbed.datasets
 from domainbed.scripts import sweep
-sweep.known_datasets = lambda: ["Fake3"]
-sweep.known_algorithms = lambda: ["ERM", "CORAL"]
-sweep.dataset_environment_count = lambda name: 3
+domainbed.datasets.dataset_names = lambda: ["Fake3"]
+domainbed.datasets.num_environments = lambda name: 3
+domainbed.algorithms.algorithm_names = lambda: ["ERM", "CORAL"]
 barrier, me = Path(sys.argv[1]), sys.argv[2]
 (barrier / me).write_text("")
 while len(list(barrier.iterdir())) < 2:
@@ -83,9 +88,9 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(mods), str(REPO), os.environ.get("PYTHONPATH")])))
     log = tmp_path / "invocations.log"
     monkeypatch.setenv("FAKE_TRAIN_LOG", str(log))
-    monkeypatch.setattr(sweep, "known_datasets", lambda: sorted(ENVS))
-    monkeypatch.setattr(sweep, "known_algorithms", lambda: ["CORAL", "ERM"])
-    monkeypatch.setattr(sweep, "dataset_environment_count", lambda name: ENVS[name])
+    monkeypatch.setattr(domainbed.datasets, "dataset_names", lambda: sorted(ENVS))
+    monkeypatch.setattr(domainbed.datasets, "num_environments", lambda name: ENVS[name])
+    monkeypatch.setattr(domainbed.algorithms, "algorithm_names", lambda: ["CORAL", "ERM"])
     return SimpleNamespace(root=tmp_path, log=log, out=tmp_path / "sweep", data=tmp_path / "data")
 
 
@@ -111,13 +116,13 @@ def states(fake: SimpleNamespace, *extra: str) -> dict[str, sweep.JobState]:
 
 
 def test_test_env_combinations_singles_pairs_and_subset() -> None:
-    assert sweep.test_env_combinations(4) == [[0], [1], [2], [3], [0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
-    assert sweep.test_env_combinations(4, single_test_envs=True) == [[0], [1], [2], [3]]
+    assert sweep_jobs.test_env_combinations(4) == [[0], [1], [2], [3], [0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
+    assert sweep_jobs.test_env_combinations(4, single_test_envs=True) == [[0], [1], [2], [3]]
     # The pairs kept are those leave-one-domain-out needs for the envs kept.
-    assert sweep.test_env_combinations(4, subset=[2]) == [[2], [0, 2], [1, 2], [2, 3]]
-    assert sweep.test_env_combinations(6, True, [5, 0]) == [[0], [5]]
+    assert sweep_jobs.test_env_combinations(4, subset=[2]) == [[2], [0, 2], [1, 2], [2, 3]]
+    assert sweep_jobs.test_env_combinations(6, True, [5, 0]) == [[0], [5]]
     with pytest.raises(ValueError, match="out of range"):
-        sweep.test_env_combinations(3, subset=[3])
+        sweep_jobs.test_env_combinations(3, subset=[3])
 
 
 def test_job_count_seeds_and_commands(fake: SimpleNamespace) -> None:
@@ -241,9 +246,9 @@ def test_paired_jobs_of_erm_and_erm_ftlp_start_identically(tmp_path: Path) -> No
 
 
 def test_job_folders_cannot_escape_the_sweep(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(sweep, "job_hash", lambda args: "../../outside")
+    monkeypatch.setattr(sweep_jobs, "job_hash", lambda args: "../../outside")
     with pytest.raises(ValueError, match="escape"):
-        sweep.make_job({"dataset": "x"}, tmp_path / "sweep", "fake_train")
+        sweep_jobs.make_job({"dataset": "x"}, tmp_path / "sweep", "fake_train")
 
 
 # ----------------------------------------------------------------------------- launch / status / delete
@@ -393,14 +398,14 @@ def test_bad_sweep_files_and_flags_are_reported(fake: SimpleNamespace) -> None:
 
 @pytest.mark.parametrize("name", ["ftlp_paper", "offline_demo"])
 def test_bundled_sweep_files_load(name: str) -> None:
-    values = sweep.load_sweep_file(sweep.resolve_sweep_path(name), sweep.build_parser())
+    values = sweep_file.load_sweep_file(sweep_file.resolve_sweep_path(name), sweep.build_parser())
     assert values["datasets"] and values["algorithms"] and isinstance(values["hparams"], dict)
 
 
 def test_offline_demo_sweep_is_small(fake: SimpleNamespace, monkeypatch) -> None:
-    monkeypatch.setattr(sweep, "known_datasets", lambda: ["RotatedMNISTSubset"])
-    monkeypatch.setattr(sweep, "known_algorithms", lambda: ["ERM", "ERM_FTLP"])
-    monkeypatch.setattr(sweep, "dataset_environment_count", lambda name: 6)
+    monkeypatch.setattr(domainbed.datasets, "dataset_names", lambda: ["RotatedMNISTSubset"])
+    monkeypatch.setattr(domainbed.datasets, "num_environments", lambda name: 6)
+    monkeypatch.setattr(domainbed.algorithms, "algorithm_names", lambda: ["ERM", "ERM_FTLP"])
     args = sweep.parse_args(["status", "--sweep", "offline_demo", "--data_dir", "d", "--output_dir", str(fake.out)])
     jobs = sweep.build_jobs(args)
     assert len(jobs) == 2 * 1 * 1 * 3  # algorithms x test env {5} x hparams seed 0 x trials
