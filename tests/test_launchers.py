@@ -1,8 +1,8 @@
 """Command launchers: registry, claiming, local / multi_gpu / slurm (through submitit locally).
 
-Concurrency is synchronised on files the jobs write, never on sleeps: a gated job records
-its start, then waits until the test creates the gate file, so the test knows which jobs
-run at the same time.
+Concurrency is synchronised on events, never on sleeps (tests/fixtures_sync.py): a gated
+job reports its start into a channel the test reads, then waits until the test opens the
+gate, so the test knows which jobs run at the same time.
 """
 
 from __future__ import annotations
@@ -14,32 +14,30 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from fixtures_sync import DEADLINE_S, JOB_SIDE, Channel
 
 from domainbed import launchers as cl
 from domainbed.launchers import Job, LauncherOptions, local, slurm
 
 REPO = Path(__file__).resolve().parents[1]
-DEADLINE_S = 60.0
 
-# A job that records each start, waits for the GATE file if one is named (so the test
-# decides when it ends), then writes `done` (or exits 3 when told to fail).
-JOB_CODE = """
-import os, sys, time
+# A job that logs each start; when given channels, reports its start and waits at the gate
+# (so the test decides when it ends); then writes `done` (or exits 3 when told to fail).
+JOB_CODE = JOB_SIDE + """
 from pathlib import Path
-out, log, gate, fail = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "fail"
+out, log, started, gate, fail = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "fail"
 out.mkdir(parents=True, exist_ok=True)
+line = f"{out.name} {os.environ.get('CUDA_VISIBLE_DEVICES')}"
 with open(log, "a") as fh:
-    fh.write(f"{out.name} {os.environ.get('CUDA_VISIBLE_DEVICES')}\\n")
+    fh.write(line + "\\n")
 print("hello from", out.name)
-deadline = time.monotonic() + 60
-while gate and not os.path.exists(gate):
-    if time.monotonic() > deadline:
-        sys.exit("the test never opened the gate")
-    time.sleep(0.01)
+if started:
+    report(started, line)
+if gate:
+    pass_gate(gate)
 if fail:
     print("boom", file=sys.stderr)
     sys.exit(3)
@@ -47,29 +45,33 @@ if fail:
 """
 
 # A trainer stand-in that checkpoints on SIGTERM and resumes from that checkpoint when rerun.
-PREEMPTIBLE_CODE = """
-import os, signal, sys, time
+# SIGTERM is blocked before the job reports its worker's pid, then taken with sigtimedwait:
+# from the report on, a pre-emption is never missed, and a missing one fails loudly.
+PREEMPTIBLE_CODE = JOB_SIDE + """
+import signal
 from pathlib import Path
-out = Path(sys.argv[1])
+out, ready = Path(sys.argv[1]), sys.argv[2]
 resumed = (out / "checkpoint").exists()
 with open(out / "starts", "a") as fh:
     fh.write("resumed\\n" if resumed else "fresh\\n")
 if resumed:
     (out / "done").write_text("")
     sys.exit(0)
-def on_term(signum, frame):
-    (out / "checkpoint").write_text("")
-    sys.exit(143)
-signal.signal(signal.SIGTERM, on_term)
-(out / "worker_pid").write_text(str(os.getppid()))
-time.sleep(60)
-sys.exit(1)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+report(ready, str(os.getppid()))
+if signal.sigtimedwait({signal.SIGTERM}, 60) is None:
+    sys.exit("no SIGTERM within 60 s: the test never pre-empted this job")
+(out / "checkpoint").write_text("")
+sys.exit(143)
 """
 
 
-def make_job(root: Path, name: str, log: Path, gate: Path | None = None, fail: bool = False) -> Job:
+def make_job(
+    root: Path, name: str, log: Path, gate: Channel | None = None, fail: bool = False, started: Channel | None = None
+) -> Job:
     out = root / name
-    argv = [sys.executable, "-c", JOB_CODE, str(out), str(log), str(gate or ""), "fail" if fail else "ok"]
+    channels = [str(c.path) if c else "" for c in (started, gate)]
+    argv = [sys.executable, "-c", JOB_CODE, str(out), str(log), *channels, "fail" if fail else "ok"]
     return Job(argv=argv, output_dir=out)
 
 
@@ -77,19 +79,32 @@ def starts(log: Path) -> list[str]:
     return log.read_text().split("\n")[:-1] if log.exists() else []
 
 
-def wait_for(condition, what: str) -> None:
-    """Wait until ``condition()`` holds (an event a job wrote to disk); fail loudly at the deadline."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def run_in_threads(*targets) -> list[threading.Thread]:
     threads = [threading.Thread(target=t, daemon=True) for t in targets]
     for t in threads:
         t.start()
     return threads
+
+
+def join(threads: list[threading.Thread], what: str) -> None:
+    """Join every thread; fail loudly at the deadline instead of carrying on without it."""
+    for t in threads:
+        t.join(DEADLINE_S)
+        assert not t.is_alive(), f"{what} did not return within {DEADLINE_S} s"
+
+
+@pytest.fixture
+def channel(tmp_path: Path):
+    """Make :class:`Channel` objects in ``tmp_path``; closed when the test ends."""
+    made: list[Channel] = []
+
+    def make(name: str) -> Channel:
+        made.append(Channel(tmp_path / name))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
 
 
 @pytest.fixture
@@ -101,6 +116,27 @@ def quiet() -> LauncherOptions:
 def pythonpath(monkeypatch: pytest.MonkeyPatch) -> None:
     """submitit's workers unpickle our callable, so they must import this checkout."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+
+# ----------------------------------------------------------------------------- synchronisation
+
+
+def test_channels_pass_events_and_fail_loudly_at_their_deadline(channel) -> None:
+    started, gate = channel("started"), channel("gate")
+    with pytest.raises(AssertionError, match="timed out after 0.2 s waiting for a line nobody writes"):
+        started.wait_lines(1, "a line nobody writes", deadline_s=0.2)
+    code = JOB_SIDE + "report(sys.argv[1], 'at the gate'); pass_gate(sys.argv[2], float(sys.argv[3]))"
+
+    def at_gate(deadline_s: float) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-c", code, str(started.path), str(gate.path), str(deadline_s)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=DEADLINE_S)
+
+    shut = at_gate(0.2)  # nobody opens the gate: the process gives up with a message, not silently
+    assert shut.returncode == 1 and "did not open the gate" in shut.stderr
+    assert started.wait_lines(1, "the first report") == ["at the gate"]
+    gate.open(passes=2)
+    assert [at_gate(DEADLINE_S).returncode for _ in range(2)] == [0, 0]  # an open gate lets later ones through
+    assert started.wait_lines(2, "two more reports") == ["at the gate"] * 2
 
 
 # ----------------------------------------------------------------------------- registry
@@ -161,8 +197,7 @@ def test_concurrent_claims_have_exactly_one_winner(tmp_path: Path) -> None:
     threads = [threading.Thread(target=contend) for _ in range(8)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    join(threads, "the claiming threads")
     assert sum(t is not None for t in tokens) == 1
     assert not list(tmp_path.glob(".claim-*"))
 
@@ -205,17 +240,16 @@ def test_local_skips_jobs_another_launch_claimed(tmp_path: Path, quiet: Launcher
     assert [line.split()[0] for line in starts(log)] == ["b"]
 
 
-def test_two_concurrent_local_launches_run_each_job_once(tmp_path: Path, quiet: LauncherOptions) -> None:
-    log, gate = tmp_path / "log", tmp_path / "gate"
-    jobs = [make_job(tmp_path / "sweep", f"job{i}", log, gate=gate) for i in range(4)]
+def test_two_concurrent_local_launches_run_each_job_once(tmp_path: Path, quiet: LauncherOptions, channel) -> None:
+    log, started, gate = tmp_path / "log", channel("started"), channel("gate")
+    jobs = [make_job(tmp_path / "sweep", f"job{i}", log, gate=gate, started=started) for i in range(4)]
     summaries: list[cl.LaunchSummary] = []
     threads = run_in_threads(*[lambda: summaries.append(local.local_launcher(jobs, quiet))] * 2)
     # Both launches are inside a job at once: the second skipped the first's claim and took the next.
-    wait_for(lambda: len(starts(log)) == 2, "both launches to start a job")
-    assert sorted(line.split()[0] for line in starts(log)) == ["job0", "job1"]
-    gate.touch()
-    for t in threads:
-        t.join(DEADLINE_S)
+    first = started.wait_lines(2, "both launches to start a job")
+    assert sorted(line.split()[0] for line in first) == ["job0", "job1"]
+    gate.open()
+    join(threads, "the two launches")
     names = sorted(line.split()[0] for line in starts(log))
     assert names == [f"job{i}" for i in range(4)]
     assert sum(s.started for s in summaries) == 4 and sum(s.skipped for s in summaries) == 4
@@ -233,18 +267,18 @@ def test_visible_gpus_follows_cuda_visible_devices(monkeypatch, env: str, expect
     assert local.visible_gpus() == expected
 
 
-def test_multi_gpu_pins_one_gpu_per_job(tmp_path: Path, quiet: LauncherOptions, monkeypatch) -> None:
+def test_multi_gpu_pins_one_gpu_per_job(tmp_path: Path, quiet: LauncherOptions, monkeypatch, channel) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    log, gate = tmp_path / "log", tmp_path / "gate"
-    jobs = [make_job(tmp_path / "sweep", f"job{i}", log, gate=gate, fail=(i == 1)) for i in range(4)]
+    log, started, gate = tmp_path / "log", channel("started"), channel("gate")
+    jobs = [make_job(tmp_path / "sweep", f"job{i}", log, gate=gate, fail=(i == 1), started=started) for i in range(4)]
     result: list[cl.LaunchSummary] = []
-    (runner,) = run_in_threads(lambda: result.append(cl.get_launcher("multi_gpu")(jobs, quiet)))
+    threads = run_in_threads(lambda: result.append(cl.get_launcher("multi_gpu")(jobs, quiet)))
     # Two GPUs: two jobs run at once, on different GPUs, and no third starts while they hold them.
-    wait_for(lambda: len(starts(log)) == 2, "two jobs to start")
-    assert sorted(line.split()[1] for line in starts(log)) == ["3", "5"]
-    gate.touch()
-    runner.join(DEADLINE_S)
-    assert result, "the launcher did not return"
+    first = started.wait_lines(2, "two jobs to start")
+    assert sorted(line.split()[1] for line in first) == ["3", "5"]
+    assert len(starts(log)) == 2  # both GPUs are taken and the gate is shut: no third job started
+    gate.open()
+    join(threads, "the multi_gpu launcher")
     summary = result[0]
     assert (summary.started, summary.failed) == (4, 1)
     seen = dict(line.split() for line in starts(log))
@@ -296,18 +330,17 @@ def test_slurm_through_local_executor_runs_jobs_and_counts_failures(tmp_path: Pa
     assert slurm.slurm_launcher(jobs, options).skipped == 2  # already claimed: never submitted twice
 
 
-def test_slurm_job_is_requeued_on_preemption_and_resumes(tmp_path: Path, pythonpath) -> None:
-    out = tmp_path / "sweep" / "job"
-    job = Job(argv=[sys.executable, "-c", PREEMPTIBLE_CODE, str(out)], output_dir=out)
+def test_slurm_job_is_requeued_on_preemption_and_resumes(tmp_path: Path, pythonpath, channel) -> None:
+    out, ready = tmp_path / "sweep" / "job", channel("ready")
+    job = Job(argv=[sys.executable, "-c", PREEMPTIBLE_CODE, str(out), str(ready.path)], output_dir=out)
     options = LauncherOptions(progress=False, slurm_local=True, slurm_time=3, submitit_dir=tmp_path / "submitit")
     result: list[cl.LaunchSummary] = []
-    (runner,) = run_in_threads(lambda: result.append(slurm.slurm_launcher([job], options)))
-    # The trainer writes worker_pid after installing its SIGTERM handler: from then on it checkpoints.
-    wait_for(lambda: (out / "worker_pid").exists() and (out / "worker_pid").read_text(), "the job to start")
+    threads = run_in_threads(lambda: result.append(slurm.slurm_launcher([job], options)))
+    # The trainer reports its worker's pid once SIGTERM is blocked for sigtimedwait: from then on it checkpoints.
+    (worker_pid,) = ready.wait_lines(1, "the job to start")
     # What Slurm does before pre-empting: submitit's USR2 to the worker running our callable.
-    os.kill(int((out / "worker_pid").read_text()), signal.SIGUSR2)
-    runner.join(timeout=90)
-    assert not runner.is_alive()
+    os.kill(int(worker_pid), signal.SIGUSR2)
+    join(threads, "the slurm launcher")
     assert result and (result[0].started, result[0].failed) == (1, 0)
     assert (out / "starts").read_text().split() == ["fresh", "resumed"]
     assert (out / "checkpoint").exists() and (out / "done").exists()

@@ -70,3 +70,18 @@ def test_resources_resolve_from_a_built_wheel(tmp_path: Path) -> None:
     assert found["sweep"] == str(site / "domainbed" / "resources" / "sweeps" / "offline_demo.json")
     assert found["notebook"] == str(site / "domainbed" / "resources" / "notebooks" / "per_domain_accuracy.ipynb")
     assert sorted(found["sweeps"]) == sorted(p.name for p in (REPO / "sweeps").glob("*.json"))
+    # The sweep script's own lookup: --sweep NAME from a folder with no sweeps/ in it.
+    resolved = subprocess.run(
+        [sys.executable, "-c", "from domainbed.sweep.sweep_file import resolve_sweep_path; print(resolve_sweep_path('offline_demo'))"],
+        check=True, cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    assert resolved.stdout.strip() == found["sweep"]
+    status = subprocess.run(
+        [sys.executable, "-m", "domainbed.scripts.sweep", "status", "--sweep", "offline_demo", "--data_dir", "data",
+         "--output_dir", str(tmp_path / "sweep_out")],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    # offline_demo: ERM and ERM_FTLP x test env 5 x hparams seed 0 x 3 trials, nothing run yet.
+    assert "6 jobs: 0 done, 0 incomplete, 6 not launched." in status.stdout
+    assert any(line.split() == ["RotatedMNISTSubset", "ERM_FTLP", "0", "0", "3"] for line in status.stdout.splitlines())

@@ -16,15 +16,24 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from fixtures_sync import DEADLINE_S, JOB_SIDE, Channel
 
+import domainbed.algorithms
+import domainbed.datasets
+from domainbed.lib import resources
+from domainbed.lib.environments import check_test_envs
 from domainbed.lib.misc import seed_hash
 from domainbed.scripts import sweep
+from domainbed.sweep import jobs as sweep_jobs
+from domainbed.sweep import sweep_file
 
 REPO = Path(__file__).resolve().parents[1]
 
-FAKE_TRAIN = '''
-"""Stand-in for domainbed.scripts.train: same flags, writes results.jsonl then done."""
-import argparse, json, os, sys, time
+# Stand-in for domainbed.scripts.train: same flags, writes results.jsonl then done. With
+# FAKE_TRAIN_STARTED / FAKE_TRAIN_GATE (channels, tests/fixtures_sync.py) it reports its
+# start and waits until the test opens the gate.
+FAKE_TRAIN = JOB_SIDE + '''
+import argparse, json
 from pathlib import Path
 
 def main(argv=None):
@@ -43,7 +52,10 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     with open(os.environ["FAKE_TRAIN_LOG"], "a") as fh:
         fh.write(args.output_dir + "\\n")
-    time.sleep(float(os.environ.get("FAKE_TRAIN_SLEEP", "0")))
+    if os.environ.get("FAKE_TRAIN_STARTED"):
+        report(os.environ["FAKE_TRAIN_STARTED"], args.output_dir)
+    if os.environ.get("FAKE_TRAIN_GATE"):
+        pass_gate(os.environ["FAKE_TRAIN_GATE"])
     hparams = json.loads(args.hparams) if args.hparams else {}
     if hparams.get("fail") or args.algorithm == os.environ.get("FAKE_TRAIN_FAIL_ALGORITHM"):
         sys.exit("fake failure")
@@ -55,20 +67,15 @@ if __name__ == "__main__":
     main()
 '''
 
-# Runs the sweep in a fresh process with the fake registries, after a start barrier so
-# that two of them really compete for the same jobs.
+# Runs the sweep in a fresh process with the fake registries (stubbed on the real modules).
 WRAPPER = '''
-import sys, time
-from pathlib import Path
+import sys
+import domainbed.algorithms, domainbed.datasets
 from domainbed.scripts import sweep
-sweep.known_datasets = lambda: ["Fake3"]
-sweep.known_algorithms = lambda: ["ERM", "CORAL"]
-sweep.dataset_environment_count = lambda name: 3
-barrier, me = Path(sys.argv[1]), sys.argv[2]
-(barrier / me).write_text("")
-while len(list(barrier.iterdir())) < 2:
-    time.sleep(0.01)
-sys.exit(sweep.main(sys.argv[3:]))
+domainbed.datasets.dataset_names = lambda: ["Fake3"]
+domainbed.datasets.num_environments = lambda name: 3
+domainbed.algorithms.algorithm_names = lambda: ["ERM", "CORAL"]
+sys.exit(sweep.main(sys.argv[1:]))
 '''
 
 ENVS = {"Fake3": 3, "Fake4": 4}
@@ -83,9 +90,9 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(mods), str(REPO), os.environ.get("PYTHONPATH")])))
     log = tmp_path / "invocations.log"
     monkeypatch.setenv("FAKE_TRAIN_LOG", str(log))
-    monkeypatch.setattr(sweep, "known_datasets", lambda: sorted(ENVS))
-    monkeypatch.setattr(sweep, "known_algorithms", lambda: ["CORAL", "ERM"])
-    monkeypatch.setattr(sweep, "dataset_environment_count", lambda name: ENVS[name])
+    monkeypatch.setattr(domainbed.datasets, "dataset_names", lambda: sorted(ENVS))
+    monkeypatch.setattr(domainbed.datasets, "num_environments", lambda name: ENVS[name])
+    monkeypatch.setattr(domainbed.algorithms, "algorithm_names", lambda: ["CORAL", "ERM"])
     return SimpleNamespace(root=tmp_path, log=log, out=tmp_path / "sweep", data=tmp_path / "data")
 
 
@@ -111,13 +118,29 @@ def states(fake: SimpleNamespace, *extra: str) -> dict[str, sweep.JobState]:
 
 
 def test_test_env_combinations_singles_pairs_and_subset() -> None:
-    assert sweep.test_env_combinations(4) == [[0], [1], [2], [3], [0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
-    assert sweep.test_env_combinations(4, single_test_envs=True) == [[0], [1], [2], [3]]
+    assert sweep_jobs.test_env_combinations(4) == [[0], [1], [2], [3], [0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
+    assert sweep_jobs.test_env_combinations(4, single_test_envs=True) == [[0], [1], [2], [3]]
     # The pairs kept are those leave-one-domain-out needs for the envs kept.
-    assert sweep.test_env_combinations(4, subset=[2]) == [[2], [0, 2], [1, 2], [2, 3]]
-    assert sweep.test_env_combinations(6, True, [5, 0]) == [[0], [5]]
+    assert sweep_jobs.test_env_combinations(4, subset=[2]) == [[2], [0, 2], [1, 2], [2, 3]]
+    assert sweep_jobs.test_env_combinations(6, True, [5, 0]) == [[0], [5]]
     with pytest.raises(ValueError, match="out of range"):
-        sweep.test_env_combinations(3, subset=[3])
+        sweep_jobs.test_env_combinations(3, subset=[3])
+
+
+def test_one_check_of_test_envs_for_sweep_and_train() -> None:
+    check_test_envs([0, 2], 3)  # valid: returns quietly
+    check_test_envs([2, 0, 1, 1], 3, flag="--test_envs_subset", for_training=False)  # a subset may cover every env
+    with pytest.raises(ValueError, match=r"^--test_envs \[3, -1\] out of range: PACS has environments 0\.\.2$"):
+        check_test_envs([0, 3, -1], 3, dataset="PACS")
+    with pytest.raises(ValueError, match=r"out of range"):
+        check_test_envs([True], 3)  # a JSON true is not env 1
+    with pytest.raises(ValueError, match=r"--test_envs has duplicates: \[1, 1\]"):
+        check_test_envs([1, 1], 3)
+    with pytest.raises(ValueError, match="at least one environment must remain for training"):
+        check_test_envs([0, 1, 2], 3)
+    # The sweep's subset goes through the same check, naming the dataset.
+    with pytest.raises(ValueError, match=r"--test_envs_subset \[4\] out of range: Fake4 has environments 0\.\.3"):
+        sweep_jobs.test_env_combinations(4, subset=[4], dataset="Fake4")
 
 
 def test_job_count_seeds_and_commands(fake: SimpleNamespace) -> None:
@@ -241,9 +264,9 @@ def test_paired_jobs_of_erm_and_erm_ftlp_start_identically(tmp_path: Path) -> No
 
 
 def test_job_folders_cannot_escape_the_sweep(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(sweep, "job_hash", lambda args: "../../outside")
+    monkeypatch.setattr(sweep_jobs, "job_hash", lambda args: "../../outside")
     with pytest.raises(ValueError, match="escape"):
-        sweep.make_job({"dataset": "x"}, tmp_path / "sweep", "fake_train")
+        sweep_jobs.make_job({"dataset": "x"}, tmp_path / "sweep", "fake_train")
 
 
 # ----------------------------------------------------------------------------- launch / status / delete
@@ -318,17 +341,29 @@ def test_dummy_launcher_prints_commands(fake: SimpleNamespace, capsys) -> None:
 
 def test_two_concurrent_launch_processes_run_each_job_once(fake: SimpleNamespace, monkeypatch) -> None:
     (fake.root / "wrapper.py").write_text(WRAPPER)
-    barrier = fake.root / "barrier"
-    barrier.mkdir()
-    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "0.4")
+    started, gate = Channel(fake.root / "started"), Channel(fake.root / "gate")
+    monkeypatch.setenv("FAKE_TRAIN_STARTED", str(started.path))
+    monkeypatch.setenv("FAKE_TRAIN_GATE", str(gate.path))
     procs = [
         subprocess.Popen(
-            [sys.executable, str(fake.root / "wrapper.py"), str(barrier), str(i), *sweep_args(fake, "launch", "--skip_confirmation")],
+            [sys.executable, str(fake.root / "wrapper.py"), *sweep_args(fake, "launch", "--skip_confirmation")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        for i in range(2)
+        for _ in range(2)
     ]  # fmt: skip
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    try:
+        # Each launch runs one job at a time, and every job waits at the gate: two jobs
+        # started means both processes are inside a job at once, so they compete for claims.
+        first = started.wait_lines(2, "both launch processes to start a job")
+        assert len(set(first)) == 2, first
+        gate.open()
+        outputs = [p.communicate(timeout=DEADLINE_S)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        started.close()
+        gate.close()
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert sorted(invocations(fake)) == sorted(states(fake))  # every job exactly once
     assert set(states(fake).values()) == {sweep.JobState.DONE}
@@ -393,14 +428,52 @@ def test_bad_sweep_files_and_flags_are_reported(fake: SimpleNamespace) -> None:
 
 @pytest.mark.parametrize("name", ["ftlp_paper", "offline_demo"])
 def test_bundled_sweep_files_load(name: str) -> None:
-    values = sweep.load_sweep_file(sweep.resolve_sweep_path(name), sweep.build_parser())
+    values = sweep_file.load_sweep_file(sweep_file.resolve_sweep_path(name), sweep.build_parser())
     assert values["datasets"] and values["algorithms"] and isinstance(values["hparams"], dict)
 
 
+def test_sweep_file_values_are_parsed_by_the_flags_themselves(fake: SimpleNamespace) -> None:
+    base = {"datasets": ["Fake3"], "algorithms": ["ERM"], "output_dir": str(fake.out)}
+    # JSON ints are floats where a float is wanted; hparams may also be the text of a JSON object.
+    path = write_sweep(fake, {**base, "slurm_mem": 4, "hparams": '{"lr": 0.5}', "test_envs_subset": [2, 0]})
+    args = sweep.parse_args(["status", "--sweep", path])
+    assert args.slurm_mem == 4.0 and isinstance(args.slurm_mem, float)
+    assert args.hparams == {"lr": 0.5} and args.test_envs_subset == [2, 0]
+    # Strings that start like a flag stay values: tokens are JSON, never read as options.
+    assert sweep.parse_args(["status", "--sweep", write_sweep(fake, {**base, "device": "-1"})]).device == "-1"
+    bad = [
+        ({"datasets": "Fake3"}, "'datasets' must be a list, got 'Fake3'"),
+        ({"datasets": []}, "'datasets' expected at least one argument"),
+        ({"n_trials": [1]}, "'n_trials' must be a single value, not a list"),
+        ({"n_trials": 2.0}, "'n_trials' must be of type int, got 2.0"),
+        ({"n_trials": True}, "'n_trials' must be of type int, got True"),
+        ({"test_envs_subset": [0, "1"]}, "'test_envs_subset' must be of type int, got '1'"),
+        ({"data_dir": 5}, "'data_dir' must be of type str, got 5"),
+        ({"hparams": [1]}, "'hparams' must be a single value"),
+        ({"hparams": 5}, "'hparams' must be a JSON object"),
+        ({"sweep": "other"}, r"unknown key\(s\) sweep"),
+    ]
+    for content, message in bad:
+        path = write_sweep(fake, {**base, **content})
+        with pytest.raises(SystemExit, match=f"sweep file {path}: {message}"):
+            sweep.main(["status", "--sweep", path])
+
+
+def test_packaged_sweeps_resolve_by_name_from_any_folder(fake: SimpleNamespace, monkeypatch) -> None:
+    monkeypatch.chdir(fake.root)  # no sweeps/ folder here: the packaged copy is found
+    expected = resources.path("sweeps/offline_demo.json")
+    for name in ("offline_demo", "offline_demo.json", "sweeps/offline_demo.json"):
+        assert sweep_file.resolve_sweep_path(name) == expected
+    (fake.root / "offline_demo").write_text("{}")
+    assert sweep_file.resolve_sweep_path("offline_demo") == Path("offline_demo")  # a path comes first
+    with pytest.raises(ValueError, match=r"'\.\./setup\.py' not found .*bundled sweeps: ftlp_paper"):
+        sweep_file.resolve_sweep_path("../setup.py")
+
+
 def test_offline_demo_sweep_is_small(fake: SimpleNamespace, monkeypatch) -> None:
-    monkeypatch.setattr(sweep, "known_datasets", lambda: ["RotatedMNISTSubset"])
-    monkeypatch.setattr(sweep, "known_algorithms", lambda: ["ERM", "ERM_FTLP"])
-    monkeypatch.setattr(sweep, "dataset_environment_count", lambda name: 6)
+    monkeypatch.setattr(domainbed.datasets, "dataset_names", lambda: ["RotatedMNISTSubset"])
+    monkeypatch.setattr(domainbed.datasets, "num_environments", lambda name: 6)
+    monkeypatch.setattr(domainbed.algorithms, "algorithm_names", lambda: ["ERM", "ERM_FTLP"])
     args = sweep.parse_args(["status", "--sweep", "offline_demo", "--data_dir", "d", "--output_dir", str(fake.out)])
     jobs = sweep.build_jobs(args)
     assert len(jobs) == 2 * 1 * 1 * 3  # algorithms x test env {5} x hparams seed 0 x trials

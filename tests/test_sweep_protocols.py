@@ -11,6 +11,7 @@ import pytest
 
 from domainbed.datasets import get_dataset_class
 from domainbed.scripts import sweep
+from domainbed.sweep import jobs as sweep_jobs
 
 FIVE = ["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
 SEVEN = ["ERM", "CORAL", "SWAD", "MIRO", "ERM_FTLP", "CORAL_FTLP", "SWAD_FTLP"]
@@ -41,7 +42,7 @@ def test_swad_miro_protocol_is_462_jobs_with_swads_step_counts(tmp_path):
 
 def test_ftlp_paper_protocol_uses_domainbeds_step_counts(tmp_path, monkeypatch):
     # 25,620 job folders are slow to check one by one; the loop and the arguments are what count.
-    monkeypatch.setattr(sweep, "make_job", lambda train_args, sweep_dir, module: SimpleNamespace(train_args=train_args))
+    monkeypatch.setattr(sweep_jobs, "make_job", lambda train_args, sweep_dir, module: SimpleNamespace(train_args=train_args))
     jobs = jobs_of(tmp_path, "--sweep", "ftlp_paper")
     # 22 single test domains + 39 pairs, 7 algorithms, 20 hparams seeds, 3 trials.
     assert len(jobs) == (22 + 6 * 4 + 15) * 7 * 20 * 3 == 25620
