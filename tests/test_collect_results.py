@@ -19,8 +19,6 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import fixtures_records as fx  # noqa: E402
-
 from domainbed.lib.records import load_records  # noqa: E402
 from domainbed.lib.tables import (  # noqa: E402
     REFERENCE_DATASETS,
@@ -37,6 +35,8 @@ from domainbed.lib.tables import (  # noqa: E402
 from domainbed.model_selection import SELECTION_METHODS, prepare_records  # noqa: E402
 from domainbed.reporting.layout import sweep_layout  # noqa: E402
 from domainbed.scripts import collect_results, list_top_hparams  # noqa: E402
+
+import fixtures_records as fx  # noqa: E402
 
 RULES = ("training_domain", "leave_one_out", "oracle")
 

@@ -17,6 +17,12 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from domainbed.datasets import build_dataset, get_dataset_class  # noqa: E402
+from domainbed.datasets.base import DatasetError  # noqa: E402
+from domainbed.datasets.mnist import color  # noqa: E402
+from domainbed.datasets.spawrious import SpawriousM2M_hard, SpawriousO2O_easy  # noqa: E402
+from domainbed.datasets.wilds_datasets import FMOW_CATEGORIES  # noqa: E402
+
 from fixtures_datasets import (  # noqa: E402
     CAMELYON_ROWS,
     FMOW_REGION,
@@ -28,12 +34,6 @@ from fixtures_datasets import (  # noqa: E402
     spawrious_files,
     write_files,
 )
-
-from domainbed.datasets import build_dataset, get_dataset_class  # noqa: E402
-from domainbed.datasets.base import DatasetError  # noqa: E402
-from domainbed.datasets.mnist import color  # noqa: E402
-from domainbed.datasets.spawrious import SpawriousM2M_hard, SpawriousO2O_easy  # noqa: E402
-from domainbed.datasets.wilds_datasets import FMOW_CATEGORIES  # noqa: E402
 
 SMALL = {"image_size": 16}
 

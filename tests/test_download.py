@@ -20,14 +20,14 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import fixtures_datasets as fx  # noqa: E402
-
 from domainbed.datasets import build_dataset  # noqa: E402
 from domainbed.datasets.downloads import MIRROR_ENV, DownloadError, downloadable  # noqa: E402
 from domainbed.datasets.downloads.base import extract  # noqa: E402
 from domainbed.datasets.downloads.domainnet import remove_listed  # noqa: E402
 from domainbed.datasets.mnist import load_mnist_raw  # noqa: E402
 from domainbed.scripts import download  # noqa: E402
+
+import fixtures_datasets as fx  # noqa: E402
 
 SMALL = {"image_size": 16}
 

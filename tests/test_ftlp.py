@@ -54,7 +54,7 @@ def test_lambda_zero_without_noise_follows_erm_exactly(debug28):
         torch.manual_seed(step)
         logs = ftlp.update(batches(debug28))
         assert logs["ftlp_kl"].item() > 0 or step == 0
-        for (n1, p1), (n2, p2) in zip(erm.featurizer.named_parameters(), ftlp.featurizer.named_parameters()):
+        for (n1, p1), (_n2, p2) in zip(erm.featurizer.named_parameters(), ftlp.featurizer.named_parameters()):
             assert torch.equal(p1, p2), (step, n1)
         assert torch.equal(erm.classifier.weight, ftlp.classifier.weight)
 

@@ -16,12 +16,12 @@ from torchvision.transforms import v2
 from domainbed.datasets import DatasetError, _folder_domain, dataset_names, get_dataset_class
 from domainbed.datasets.bad_images import BadImageWarning, bad_image_count
 from domainbed.datasets.images import (
+    PACS,
+    VLCS,
     DomainNet,
     ImageFolderDomains,
     OfficeHome,
-    PACS,
     TerraIncognita,
-    VLCS,
 )
 from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 

@@ -17,10 +17,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from fixtures_sync import DEADLINE_S, JOB_SIDE, Channel
 
 from domainbed import launchers as cl
 from domainbed.launchers import Job, LauncherOptions, local, slurm
+
+from fixtures_sync import DEADLINE_S, JOB_SIDE, Channel
 
 REPO = Path(__file__).resolve().parents[1]
 

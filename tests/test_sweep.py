@@ -16,7 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from fixtures_sync import DEADLINE_S, JOB_SIDE, Channel
 
 import domainbed.algorithms
 import domainbed.datasets
@@ -26,6 +25,8 @@ from domainbed.lib.misc import seed_hash
 from domainbed.scripts import sweep
 from domainbed.sweep import jobs as sweep_jobs
 from domainbed.sweep import sweep_file
+
+from fixtures_sync import DEADLINE_S, JOB_SIDE, Channel
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ that declares ``EXPOSES_FEATURES = True`` gets its ``<Name>_FTLP`` variant
 (:func:`domainbed.algorithms.ftlp.register_ftlp_variants`).
 """
 
-from domainbed.algorithms.registry import algorithm_names, get_algorithm_class, register_algorithm
 from domainbed.algorithms.base import Algorithm
+from domainbed.algorithms.registry import algorithm_names, get_algorithm_class, register_algorithm
 from domainbed.lib.discovery import import_submodules
 
 import_submodules(__name__, __path__, skip=("base", "registry"))

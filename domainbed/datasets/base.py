@@ -14,7 +14,6 @@ from torch.utils.data import Dataset
 
 from domainbed.lib.registry import Registry
 
-
 T = TypeVar("T", bound=type)
 
 

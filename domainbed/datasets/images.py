@@ -18,7 +18,6 @@ import os
 import warnings
 from typing import Any, ClassVar, Sequence
 
-
 from domainbed.datasets.base import DatasetError, MultipleDomainDataset, register_dataset
 from domainbed.datasets.transforms import eval_transform, train_transform
 
