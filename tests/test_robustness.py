@@ -555,7 +555,7 @@ BAD_INPUTS = [
     (["--hparams", '{"lr": 0.1, "batchsize": 8}'], "unknown hparam(s) batchsize"),
     (["--skip_model_save", "--save_model_every_checkpoint"], "contradict"),
     (["--precision", "bf16", "--hparams", '{"precision": "fp32"}'], "conflicts"),
-    (["--task", "domain_adaptation"], "needs --uda_holdout_fraction"),
+    (["--task", "domain_adaptation"], "no shipped algorithm uses unlabelled target-domain data"),
     (["--uda_holdout_fraction", "0.3"], "only applies"),
     (["--steps", "0"], "must be positive"),
     (["--checkpoint_freq", "-2"], "must be positive"),
