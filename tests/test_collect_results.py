@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import fixtures_records as fx  # noqa: E402
-
-from domainbed.lib.records import load_records  # noqa: E402
-from domainbed.lib.tables import (  # noqa: E402
+from domainbed.lib.records import load_records
+from domainbed.lib.tables import (
     REFERENCE_DATASETS,
     SweepLayout,
     averages_table,
@@ -30,8 +24,10 @@ from domainbed.lib.tables import (  # noqa: E402
     render,
     run_domains_table,
 )
-from domainbed.model_selection import SELECTION_METHODS, prepare_records  # noqa: E402
-from domainbed.scripts import collect_results, list_top_hparams  # noqa: E402
+from domainbed.model_selection import SELECTION_METHODS, prepare_records
+from domainbed.scripts import collect_results, list_top_hparams
+
+import fixtures_records as fx
 
 RULES = ("training_domain", "leave_one_out", "oracle")
 
