@@ -30,7 +30,7 @@ def measure_evaluation(s: Setting, eval_batch: int, meter: MemoryMeter) -> dict[
     ours_batches, naive_batches = batches(eval_batch), batches(s.batch)
 
     def ours() -> None:
-        evaluate(alg, ours_batches, s.device, alg._amp_dtype, alg._channels_last)
+        evaluate(alg, ours_batches)
 
     def naive() -> None:
         alg.eval()

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, PerFamily, Sampler, choice, log_uniform, pow2_int, uniform
 from domainbed.lib.misc import seed_hash
 
@@ -138,9 +139,9 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--hparams is not valid JSON ({e.msg} at character {e.pos}): {text!r}") from None
+        raise UserError(f"--hparams is not valid JSON ({e.msg} at character {e.pos}): {text!r}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"--hparams must be a JSON object such as '{{\"lr\": 1e-4}}', got {text!r}")
+        raise UserError(f"--hparams must be a JSON object such as '{{\"lr\": 1e-4}}', got {text!r}")
     return value
 
 
@@ -158,7 +159,7 @@ def get_hparams(
         hparams = random_hparams(algorithm, dataset, seed_hash(hparams_seed, trial_seed))
     unknown = sorted(set(overrides or {}) - set(hparams))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"unknown hparam(s) {', '.join(unknown)} for {algorithm} on {dataset}. "
             f"Valid keys: {', '.join(sorted(hparams))}"
         )

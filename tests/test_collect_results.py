@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import statistics
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from domainbed.lib.records import load_records  # noqa: E402
-from domainbed.lib.tables import (  # noqa: E402
+from domainbed.lib.records import load_records
+from domainbed.lib.tables import (
     REFERENCE_DATASETS,
     Row,
     Stat,
@@ -32,11 +28,11 @@ from domainbed.lib.tables import (  # noqa: E402
     render,
     run_domains_table,
 )
-from domainbed.model_selection import SELECTION_METHODS, prepare_records  # noqa: E402
-from domainbed.reporting.layout import sweep_layout  # noqa: E402
-from domainbed.scripts import collect_results, list_top_hparams  # noqa: E402
+from domainbed.model_selection import SELECTION_METHODS, prepare_records
+from domainbed.reporting.layout import sweep_layout
+from domainbed.scripts import collect_results, list_top_hparams
 
-import fixtures_records as fx  # noqa: E402
+import fixtures_records as fx
 
 RULES = ("training_domain", "leave_one_out", "oracle")
 

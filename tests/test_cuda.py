@@ -9,6 +9,7 @@ device input pipeline decodes with nvJPEG, augments on the GPU and is what ``tra
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -103,11 +104,19 @@ def test_evaluation_on_cuda(debug224):
     alg = make("ERM", debug224)
     alg.update(minibatches(debug224))
     loader = eval_loader(debug224[1], batch_size=16, num_workers=0, pin_memory=True)
-    acc, loss = evaluate(alg, loader, torch.device(DEVICE), alg._amp_dtype, alg._channels_last)
+    acc, loss = evaluate(alg, loader)  # the algorithm's own input path: bf16 autocast on CUDA
     assert 0.0 <= acc <= 1.0 and math.isfinite(loss)
     assert alg.training  # evaluate() restores the mode
+
+    class FP32Inputs:  # the same input path without autocast
+        def prepare_input(self, x):
+            return alg.prepare_input(x)
+
+        def autocast(self):
+            return contextlib.nullcontext()
+
     # The bf16 evaluation agrees with an fp32 one on the same weights (loss to bf16 precision).
-    _, loss32 = evaluate(alg, loader, torch.device(DEVICE), None, False)
+    _, loss32 = evaluate(alg, loader, inputs=FP32Inputs())
     assert loss == pytest.approx(loss32, rel=5e-2, abs=5e-2)
 
 

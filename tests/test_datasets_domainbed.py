@@ -7,23 +7,19 @@ computed with the code under test.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(__file__))
+from domainbed.datasets import build_dataset, get_dataset_class
+from domainbed.datasets.base import DatasetError
+from domainbed.datasets.mnist import color
+from domainbed.datasets.spawrious import SpawriousM2M_hard, SpawriousO2O_easy
+from domainbed.datasets.wilds_datasets import FMOW_CATEGORIES
 
-from domainbed.datasets import build_dataset, get_dataset_class  # noqa: E402
-from domainbed.datasets.base import DatasetError  # noqa: E402
-from domainbed.datasets.mnist import color  # noqa: E402
-from domainbed.datasets.spawrious import SpawriousM2M_hard, SpawriousO2O_easy  # noqa: E402
-from domainbed.datasets.wilds_datasets import FMOW_CATEGORIES  # noqa: E402
-
-from fixtures_datasets import (  # noqa: E402
+from fixtures_datasets import (
     CAMELYON_ROWS,
     FMOW_REGION,
     FMOW_ROWS,

@@ -11,23 +11,20 @@ import http.server
 import json
 import os
 import struct
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+from domainbed.datasets import build_dataset
+from domainbed.datasets.downloads import MIRROR_ENV, DownloadError, downloadable
+from domainbed.datasets.downloads.base import extract
+from domainbed.datasets.downloads.domainnet import remove_listed
+from domainbed.datasets.mnist import load_mnist_raw
+from domainbed.scripts import download
 
-from domainbed.datasets import build_dataset  # noqa: E402
-from domainbed.datasets.downloads import MIRROR_ENV, DownloadError, downloadable  # noqa: E402
-from domainbed.datasets.downloads.base import extract  # noqa: E402
-from domainbed.datasets.downloads.domainnet import remove_listed  # noqa: E402
-from domainbed.datasets.mnist import load_mnist_raw  # noqa: E402
-from domainbed.scripts import download  # noqa: E402
-
-import fixtures_datasets as fx  # noqa: E402
+import fixtures_datasets as fx
 
 SMALL = {"image_size": 16}
 

@@ -17,12 +17,14 @@ import ast
 import json
 import os
 import pickle
+import queue
 import random
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -41,7 +43,10 @@ DEBUG_ARGS = ["--dataset", "Debug28", "--steps", str(STEPS), "--checkpoint_freq"
               "--hparams", '{"batch_size": 4}']
 VOLATILE = {"step_time", "mem_gb", "args"}
 KILLED = -signal.SIGKILL
-KILL_SEED = 14  # random kill times are drawn from this seed: a failure can be replayed
+# Random kill times are drawn from this seed, printed with any failure; replay or explore
+# other moments with DOMAINBED_KILL_SEED=<seed>.
+KILL_SEED = int(os.environ.get("DOMAINBED_KILL_SEED", "14"))
+EVENT_DEADLINE_S = 300  # far beyond one Debug28 run; reaching it fails the test, loudly
 slow = pytest.mark.slow
 
 FORK_SERVER = textwrap.dedent(
@@ -92,6 +97,27 @@ class ForkServer:
         env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
         self.proc = subprocess.Popen([sys.executable, "-c", FORK_SERVER], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
+        self.log: Path | None = None
+        self.pid: int | None = None
+        # A reader thread turns the server's reports into queue items, so that waiting for
+        # one can have a deadline (a blocking readline cannot).
+        self.reports: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read_reports, daemon=True).start()
+
+    def _read_reports(self) -> None:
+        for line in self.proc.stdout:
+            self.reports.put(line)
+        self.reports.put("")  # end of file: the server is gone
+
+    def _report(self) -> dict:
+        try:
+            line = self.reports.get(timeout=EVENT_DEADLINE_S)
+        except queue.Empty:
+            if self.pid is not None:
+                os.kill(self.pid, signal.SIGKILL)  # do not leave a hung run behind
+            raise AssertionError(f"no report from the fork server in {EVENT_DEADLINE_S} s; see {self.log}") from None
+        assert line, f"fork server died; see {self.log}"
+        return json.loads(line)
 
     def start(self, out: Path, fault: str | None = None, argv: list[str] | None = None) -> int:
         """Start one run; returns its pid. ``argv`` defaults to DEBUG_ARGS."""
@@ -100,13 +126,12 @@ class ForkServer:
         job = {"argv": argv, "env": {FAULT_ENV: fault} if fault else {}, "log": str(self.log)}
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())["pid"]
+        self.pid = self._report()["pid"]
+        return self.pid
 
     def event(self) -> dict:
         """The next report on the running child: ``{"stopped": pid}`` or ``{"rc": status}``."""
-        line = self.proc.stdout.readline()
-        assert line, f"fork server died; see {self.log}"
-        return json.loads(line)
+        return self._report()
 
     def wait_stopped(self, point: str) -> None:
         """Return once the fault hook has stopped the running child at ``point``; stops that
@@ -138,7 +163,7 @@ class ForkServer:
 
     def close(self) -> None:
         self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+        self.proc.wait(timeout=EVENT_DEADLINE_S)
 
 
 @pytest.fixture(scope="module")
@@ -269,13 +294,19 @@ def test_sigkill_at_every_fault_point_then_rerun_equals_uninterrupted(server, re
 def test_sigkill_at_random_times_then_rerun_equals_uninterrupted(server, reference, tmp_path):
     rng = random.Random(KILL_SEED)
     out = tmp_path / "run"
-    for _ in range(4):
-        delay = rng.uniform(0.2, 3.0)
-        rc = server.run(out, kill_after=delay)
-        assert rc in (0, KILLED), f"seed {KILL_SEED}, kill after {delay:.2f} s"
-        assert_consistent(out, reference, finished=rc == 0)
-    assert server.run(out) == 0, f"seed {KILL_SEED}"
-    assert_consistent(out, reference, finished=True)
+    delays: list[float] = []
+    try:
+        for _ in range(4):
+            delays.append(rng.uniform(0.2, 3.0))
+            rc = server.run(out, kill_after=delays[-1])
+            assert rc in (0, KILLED), f"exit {rc}"
+            assert_consistent(out, reference, finished=rc == 0)
+        assert server.run(out) == 0
+        assert_consistent(out, reference, finished=True)
+    except AssertionError as e:
+        kills = ", ".join(f"{d:.2f}" for d in delays)
+        raise AssertionError(f"DOMAINBED_KILL_SEED={KILL_SEED} (kills after {kills} s; see {tmp_path / 'run.log'}): {e}") \
+            from e
 
 
 # ----------------------------------------------------------------------------- storage faults
@@ -555,7 +586,7 @@ BAD_INPUTS = [
     (["--hparams", '{"lr": 0.1, "batchsize": 8}'], "unknown hparam(s) batchsize"),
     (["--skip_model_save", "--save_model_every_checkpoint"], "contradict"),
     (["--precision", "bf16", "--hparams", '{"precision": "fp32"}'], "conflicts"),
-    (["--task", "domain_adaptation"], "needs --uda_holdout_fraction"),
+    (["--task", "domain_adaptation"], "no shipped algorithm uses unlabelled target-domain data"),
     (["--uda_holdout_fraction", "0.3"], "only applies"),
     (["--steps", "0"], "must be positive"),
     (["--checkpoint_freq", "-2"], "must be positive"),
@@ -650,44 +681,26 @@ def test_pickle_based_files_are_refused_and_never_executed(tmp_path):
 
 
 # ----------------------------------------------------------------------------- code audits
+# ruff (pyproject.toml, `make lint` in CI; tests/test_lint_rules.py checks that the config
+# reports each case) covers the former audits: shell=True in subprocess calls is S602 and in
+# any call S604; os.system, os.popen and subprocess.getoutput/getstatusoutput are S605 and
+# banned (TID251); pickle.load/loads/Unpickler are S301, and importing pickle, dill,
+# cloudpickle, joblib or shelve, pandas.read_pickle, numpy.load and torch.load are banned
+# (TID251). What no rule checks: that a torch.load marked as reviewed (noqa: TID251) is
+# still restricted to tensors.
 
 
-def _calls(path: Path):
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Call):
-            yield node, ast.unparse(node.func)
-
-
-def test_no_shell_commands_anywhere_in_the_package():
-    offenders = []
+def test_reviewed_torch_loads_pass_weights_only_true():
+    offenders, found = [], 0
     for path in PACKAGE.rglob("*.py"):
-        for call, name in _calls(path):
-            shell = [k for k in call.keywords if k.arg == "shell" and not (
-                isinstance(k.value, ast.Constant) and k.value.value is False)]
-            if shell or name in ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"):
-                offenders.append(f"{path.relative_to(REPO)}:{call.lineno} {name}")
-    assert not offenders, offenders
-
-
-def test_every_load_is_pickle_free():
-    offenders = []
-    for path in PACKAGE.rglob("*.py"):
-        for call, name in _calls(path):
-            where = f"{path.relative_to(REPO)}:{call.lineno} {name}"
-            kw = {k.arg: k.value for k in call.keywords}
-            if name == "torch.load":
-                value = kw.get("weights_only")
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                found += 1
+                value = {k.arg: k.value for k in node.keywords}.get("weights_only")
                 if not (isinstance(value, ast.Constant) and value.value is True):
-                    offenders.append(where + " without weights_only=True")
-            elif name.split(".")[-1] in ("load", "loads", "Unpickler") and name.split(".")[0] in (
-                    "pickle", "cPickle", "dill", "joblib", "cloudpickle"):
-                offenders.append(where)
-            elif name in ("pd.read_pickle", "pandas.read_pickle"):
-                offenders.append(where)
-            elif "allow_pickle" in kw and not (isinstance(kw["allow_pickle"], ast.Constant)
-                                               and kw["allow_pickle"].value is False):
-                offenders.append(where + " allow_pickle")
-    assert not offenders, offenders
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert found, "the walk finds the reviewed loads (lib/integrity.py, networks/weights.py)"
+    assert not offenders, f"torch.load without weights_only=True: {offenders}"
 
 
 # ----------------------------------------------------------------------------- sweep input

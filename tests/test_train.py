@@ -8,11 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from domainbed.algorithms import algorithm_names
 from domainbed.lib.checkpoint import FAULT_ENV, STOP_NOTICE, read_jsonl, safe_load
+from domainbed.lib.errors import UserError
 from domainbed.scripts import train
 
 slow = pytest.mark.slow
@@ -99,21 +102,33 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
     assert steps == [0, 2, 4, 6]
 
 
+STOP_DEADLINE_S = 300  # far beyond any normal start-up; reaching it fails the test, loudly
+
+
 def start_stopped(out: Path, steps: int, checkpoint_freq: int, fault: str) -> tuple[list[str], subprocess.Popen]:
     """A Debug28 run in a real process, returned once the fault hook has stopped it (SIGSTOP)
-    at ``fault``: an event, not a guess at how long start-up takes."""
+    at ``fault``: an event, not a guess at how long start-up takes. The hook runs inside the
+    training loop, after ``main`` installed its SIGTERM handler, so a signal sent from here
+    on meets the handler. A watchdog kills the child if the stop never comes."""
     cmd = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", "Debug28", "--output_dir", str(out),
            "--steps", str(steps), "--checkpoint_freq", str(checkpoint_freq), "--hparams", '{"batch_size": 4}']
     stderr = out.parent / f"{out.name}.stderr"
     with open(stderr, "w") as f:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env={**os.environ, FAULT_ENV: fault})
     point = fault.split(":")[0]
-    while True:
-        _, status = os.waitpid(proc.pid, os.WUNTRACED)  # returns when the child stops (or ends)
-        assert os.WIFSTOPPED(status), f"exited with {os.waitstatus_to_exitcode(status)} before {fault}"
-        if f"{STOP_NOTICE} {point} " in stderr.read_text():
-            return cmd, proc
-        # Stopped by someone else (a job scheduler pausing processes): wait for the hook's stop.
+    watchdog = threading.Timer(STOP_DEADLINE_S, proc.kill)  # ends the wait below if the stop never comes
+    watchdog.start()
+    try:
+        while True:
+            _, status = os.waitpid(proc.pid, os.WUNTRACED)  # returns when the child stops (or ends)
+            assert os.WIFSTOPPED(status), (
+                f"exited with {os.waitstatus_to_exitcode(status)} before {fault} (killed by the watchdog after "
+                f"{STOP_DEADLINE_S} s if -9); stderr: {stderr.read_text()[-2000:]}")
+            if f"{STOP_NOTICE} {point} " in stderr.read_text():
+                return cmd, proc
+            # Stopped by someone else (a job scheduler pausing processes): wait for the hook's stop.
+    finally:
+        watchdog.cancel()
 
 
 @slow
@@ -167,14 +182,54 @@ def test_mnist_subset_end_to_end(tmp_path):
         (["--hparams", '{"lr_typo": 1}'], "Valid keys"),
         (["--skip_model_save", "--save_model_every_checkpoint"], "contradict"),
         (["--precision", "bf16", "--hparams", '{"precision": "fp32"}'], "conflicts"),
+        (["--test_envs", "0", "0"], "duplicates"),
+        (["--hparams", '{"precision": "fp8"}'], "hparam precision must be one of"),
+        (["--holdout_fraction", "1.5"], "--holdout_fraction must be in [0, 1)"),
+        (["--task", "domain_adaptation"], "no shipped algorithm uses unlabelled target-domain data"),
+        (["--task", "domain_adaptation", "--uda_holdout_fraction", "0.2"], "no shipped algorithm uses"),
+        (["--hparams", '{"backbone": "resnet18", "pretrained": true}', "--weights", "/no/such/weights.pt"],
+         "pretrained weights file /no/such/weights.pt does not exist"),
     ],
 )
 def test_user_errors_exit_with_message(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
-        train.main(["--dataset", "Debug28", "--output_dir", str(tmp_path / "x"), *argv])
+        train.main(["--dataset", "Debug28", "--output_dir", str(tmp_path / "x"), "--steps", "2", *argv])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert err.startswith("error: ") and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def failing_evaluation(error: Exception):
+    """A ``Trainer._evaluate`` that raises ``error`` from inside the training loop."""
+
+    def evaluate(self, network):
+        raise error
+
+    return evaluate
+
+
+def test_internal_value_error_in_the_loop_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    """A ValueError that is not a UserError is a bug: no one-line exit 2, the traceback stays."""
+    monkeypatch.setattr(train.Trainer, "_evaluate", failing_evaluation(ValueError("an internal bug")))
+    out = tmp_path / "bug"
+    with pytest.raises(ValueError, match="an internal bug"):
+        train.main(["--dataset", "Debug28", "--output_dir", str(out), "--steps", "3", "--hparams", '{"batch_size": 4}'])
+    err = (out / "err.txt").read_text()
+    assert "Traceback (most recent call last)" in err and "ValueError: an internal bug" in err
+    assert "_train" in err, "the traceback shows where in the loop it came from"
+    assert "error: an internal bug" not in capsys.readouterr().err
+    assert not (out / "done").exists()
+
+
+def test_user_error_in_the_loop_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train.Trainer, "_evaluate", failing_evaluation(UserError("fix this input")))
+    out = tmp_path / "user"
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--dataset", "Debug28", "--output_dir", str(out), "--steps", "3", "--hparams", '{"batch_size": 4}'])
+    assert exc.value.code == 2
+    assert "error: fix this input" in (out / "err.txt").read_text()
+    assert "Traceback" not in (out / "err.txt").read_text() + capsys.readouterr().err
 
 
 def test_resume_with_other_arguments_is_refused(tmp_path, capsys):
@@ -183,9 +238,6 @@ def test_resume_with_other_arguments_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(tmp_path, "a", "--seed", "5")
     assert "different arguments" in capsys.readouterr().err
-
-
-from domainbed.algorithms import algorithm_names  # noqa: E402
 
 
 @slow

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, PerFamily
 from domainbed.networks import Features, build_classifier, build_featurizer
 
@@ -92,7 +93,7 @@ class Algorithm(nn.Module):
             precision = "bf16" if dev.type == "cuda" else "fp32"
         dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
         if precision not in dtypes:
-            raise ValueError(f"hparam precision must be one of auto, bf16, fp16, fp32; got {precision!r}")
+            raise UserError(f"hparam precision must be one of auto, bf16, fp16, fp32; got {precision!r}")
         self._amp_dtype = dtypes[precision]
         is_conv = self.hparams.get("backbone", "") != "mnist_cnn"
         # channels_last pays off for timm conv nets on CUDA and on CPU alike (oneDNN: about 3x

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from domainbed.algorithms.base import Algorithm, Minibatches, _flag, cross_entropy
 from domainbed.algorithms.counters import UpdateCounter
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, PerFamily, choice, log_uniform, pow2_int
 
 
@@ -36,7 +37,7 @@ class MLP(nn.Module):
     def __init__(self, n_inputs: int, n_outputs: int, width: int, depth: int, dropout: float):
         super().__init__()
         if depth < 2:
-            raise ValueError(f"mlp_depth must be at least 2 (input and output layers); got {depth}")
+            raise UserError(f"mlp_depth must be at least 2 (input and output layers); got {depth}")
         sizes = [n_inputs] + [width] * (depth - 1)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.dropout = nn.Dropout(dropout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, choice, log_uniform
 
 LAYER_CHOICES = ("final", "stages", "all")
@@ -37,7 +38,7 @@ ABSOLUTE_VAR_FLOOR = 1e-6
 
 def _check(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"hparam {name} must be one of {', '.join(choices)}; got {value!r}")
+        raise UserError(f"hparam {name} must be one of {', '.join(choices)}; got {value!r}")
     return value
 
 
@@ -60,11 +61,11 @@ class FTLPConfig:
         _check("ftlp_prior_var", self.prior_var, PRIOR_VAR_CHOICES)
         _check("ftlp_control", self.control, CONTROL_CHOICES)
         if self.lam < 0 or self.kappa <= 0 or self.var_init <= 0 or self.encoder_lr_mult <= 0:
-            raise ValueError("ftlp_lambda must be >= 0; ftlp_kappa, ftlp_var_init and ftlp_encoder_lr_mult > 0")
+            raise UserError("ftlp_lambda must be >= 0; ftlp_kappa, ftlp_var_init and ftlp_encoder_lr_mult > 0")
         if self.prior_var == "learned" and self.posterior == "sample":
             # Learning σ²_Q together with σ²_P lets the KL vanish by inflating both; with a
             # point posterior the log σ²_Q term holds σ²_Q at the size of the drift instead.
-            raise ValueError("ftlp_prior_var=learned needs ftlp_posterior=point (with a sampled posterior the KL "
+            raise UserError("ftlp_prior_var=learned needs ftlp_posterior=point (with a sampled posterior the KL "
                              "could vanish by inflating both variances)")
 
     @classmethod

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from domainbed.algorithms.ftlp_config import ABSOLUTE_VAR_FLOOR, RELATIVE_VAR_FLOOR, FTLPConfig
+from domainbed.lib.errors import UserError
 from domainbed.lib.penalties import gaussian_kl, gaussian_neg_log_prior, inverse_softplus, positive_variance
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -124,7 +125,7 @@ class NoiseInjector:
         trunk = featurizer.trunk
         info = getattr(trunk, "feature_info", None)
         if info is None:
-            raise ValueError("ftlp_posterior=sample at stage layers needs a timm backbone with feature_info; "
+            raise UserError("ftlp_posterior=sample at stage layers needs a timm backbone with feature_info; "
                              "use ftlp_layers=final or ftlp_posterior=point")
         names = [i["module"] for i in info]
         for layer, name in enumerate(names):
@@ -144,7 +145,7 @@ class NoiseInjector:
         finally:
             featurizer.train(was_training)
         if len(means) != n or any(m.shape != t.shape for m, t in zip(means, f.intermediates)):
-            raise ValueError("ftlp_posterior=sample at stage layers needs a convolutional backbone whose stage "
+            raise UserError("ftlp_posterior=sample at stage layers needs a convolutional backbone whose stage "
                              "modules output the feature maps; use ftlp_layers=final or ftlp_posterior=point")
 
     def _hook(self, layer: int):

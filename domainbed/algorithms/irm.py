@@ -15,6 +15,7 @@ from torch import Tensor
 from domainbed.algorithms.annealing import AnnealedPenalty, int_log_uniform
 from domainbed.algorithms.base import LossOutput, Minibatches, cross_entropy
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, log_uniform
 
 
@@ -28,7 +29,7 @@ def irm_penalty(logits: Tensor, y: Tensor) -> Tensor:
     if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
         raise ValueError(f"irm_penalty expects logits (n, classes) and labels (n,); got {tuple(logits.shape)}, {tuple(y.shape)}")
     if logits.shape[0] < 2:
-        raise ValueError("irm_penalty needs at least 2 samples per domain (it splits the batch in halves); increase batch_size")
+        raise UserError("irm_penalty needs at least 2 samples per domain (it splits the batch in halves); increase batch_size")
     logits = logits.float()
     scale = torch.ones((), device=logits.device, requires_grad=True)
     grads = []

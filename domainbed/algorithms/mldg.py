@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from domainbed.algorithms.base import Algorithm, Minibatches, Predictor, cross_entropy
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, choice, log_uniform
 
 
@@ -30,7 +31,7 @@ def meta_train_test_pairs(perm: list[int], n_meta_test: int) -> list[tuple[int, 
     meta-train domain is paired with the next meta-test domain, cyclically."""
     n = len(perm)
     if not 1 <= n_meta_test < n:
-        raise ValueError(f"n_meta_test must be between 1 and {n - 1} for {n} training domains; got {n_meta_test}")
+        raise UserError(f"n_meta_test must be between 1 and {n - 1} for {n} training domains; got {n_meta_test}")
     meta_train, meta_test = perm[: n - n_meta_test], perm[n - n_meta_test :]
     return list(zip(meta_train, cycle(meta_test)))
 
@@ -63,7 +64,7 @@ class MLDG(Algorithm):
         assert self.optimizer is not None and self.scaler is not None
         n = len(minibatches)
         if n < 2:
-            raise ValueError("MLDG needs at least 2 training domains (one meta-train, one meta-test)")
+            raise UserError("MLDG needs at least 2 training domains (one meta-train, one meta-test)")
         minibatches = [(self.prepare_input(x), y.to(self.device, non_blocking=True)) for x, y in minibatches]
         self.train()
         self.optimizer.zero_grad(set_to_none=True)  # before the copies: they need no gradients

@@ -20,6 +20,7 @@ from torch import nn
 from domainbed.algorithms._support import StepCounter, pool
 from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches, cross_entropy
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, log_uniform
 
 HEAD_LR = 0.1  # SGD learning rate of the per-domain heads (the paper's code)
@@ -60,7 +61,7 @@ class TRM(Algorithm):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, num_domains: int, hparams: Any):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         if not isinstance(self.classifier, nn.Linear):
-            raise ValueError("TRM transfers linear heads between domains; set hparam nonlinear_classifier to false")
+            raise UserError("TRM transfers linear heads between domains; set hparam nonlinear_classifier to false")
         d = self.featurizer.n_outputs
         self.heads = nn.ModuleList(nn.Linear(d, num_classes) for _ in range(num_domains))
         self.heads.requires_grad_(False)  # trained by their own SGD steps, not the optimizer

@@ -12,12 +12,13 @@ from typing import Any, Callable, ClassVar, TypeVar
 import torch
 from torch.utils.data import Dataset
 
+from domainbed.lib.errors import UserError
 from domainbed.lib.registry import Registry
 
 T = TypeVar("T", bound=type)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset cannot be loaded; the message says which path and how to fix it."""
 
 

@@ -32,6 +32,7 @@ from domainbed.datasets.base import DatasetError, MultipleDomainDataset
 from domainbed.datasets.batched_augment import augment_batch
 from domainbed.datasets.images import ImageFolderDomains
 from domainbed.datasets.transforms import TrainAugment
+from domainbed.lib.errors import UserError
 from domainbed.lib.loaders import train_loader
 from domainbed.lib.misc import sample_generator
 
@@ -198,10 +199,10 @@ def resolve_input_pipeline(hparams: Mapping[str, Any], dataset: MultipleDomainDa
     """``cpu`` or ``device`` for the hparam ``input_pipeline`` on this dataset and device."""
     value = str(hparams.get("input_pipeline", "auto"))
     if value not in PIPELINES:
-        raise ValueError(f"hparam input_pipeline must be one of {', '.join(PIPELINES)}; got {value!r}")
+        raise UserError(f"hparam input_pipeline must be one of {', '.join(PIPELINES)}; got {value!r}")
     folders = isinstance(dataset, ImageFolderDomains)
     if value == "device" and not folders:
-        raise ValueError(
+        raise UserError(
             f"hparam input_pipeline device decodes image files, but {type(dataset).__name__} holds tensors; "
             "use input_pipeline auto or cpu"
         )

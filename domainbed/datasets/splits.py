@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
+from domainbed.lib.errors import UserError
 from domainbed.lib.misc import seed_hash
 
 
@@ -30,7 +31,7 @@ def in_out_split(
     always gives the same split, whatever the algorithm or hparams.
     """
     if not 0.0 <= holdout_fraction < 1.0:
-        raise ValueError(f"--holdout_fraction must be in [0, 1), got {holdout_fraction}")
+        raise UserError(f"--holdout_fraction must be in [0, 1), got {holdout_fraction}")
     n_out = int(len(dataset) * holdout_fraction)
     out, in_ = split_dataset(dataset, n_out, seed_hash(trial_seed, env_index))
     return in_, out

@@ -26,6 +26,7 @@ from domainbed.datasets.augment_params import (
     AugmentSpec,
     draw_params,
 )
+from domainbed.lib.errors import UserError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -33,7 +34,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 def _check_size(image_size: int) -> int:
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise ValueError(f"image_size must be a positive integer (pixels), got {image_size!r}")
+        raise UserError(f"image_size must be a positive integer (pixels), got {image_size!r}")
     return image_size
 
 

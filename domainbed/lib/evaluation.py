@@ -5,18 +5,18 @@ and in which precision it runs are the algorithm's business: an
 :class:`~domainbed.algorithms.base.Algorithm` says so with ``prepare_input(x)`` and
 ``autocast()``, and evaluation calls those methods rather than repeating them. A bare
 module without them (SWAD's averaged predictor) is evaluated with the methods of the
-algorithm that produced it, passed as ``inputs``.
+algorithm that produced it, passed as ``inputs``; with no ``inputs`` at all it runs in
+fp32 on the device of its parameters, as any plain module would.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Protocol, runtime_checkable
+from typing import ContextManager, Iterable, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 
 @runtime_checkable
@@ -28,57 +28,39 @@ class InputPolicy(Protocol):
     def autocast(self) -> ContextManager: ...
 
 
-class _LegacyInputs:
-    """Inputs as described by the older arguments of :func:`evaluate` (device, dtype, layout)."""
+class _PlainModule:
+    """A module with no input path of its own: inputs to its device, no autocast."""
 
-    def __init__(self, device: torch.device, amp_dtype: torch.dtype | None, channels_last: bool):
-        self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
+    def __init__(self, network: nn.Module):
+        param = next(network.parameters(), None)
+        self.device = param.device if param is not None else torch.device("cpu")
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x.to(self.device, non_blocking=True)
 
     def autocast(self) -> ContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-
-def _input_policy(
-    network: nn.Module, inputs: InputPolicy | None, device: torch.device | None,
-    amp_dtype: torch.dtype | None, channels_last: bool,
-) -> InputPolicy:
-    if inputs is not None:
-        return inputs
-    if isinstance(network, InputPolicy):
-        return network
-    if device is None:
-        device = next(network.parameters()).device
-    # Deprecated: callers that pass device/amp_dtype/channels_last for a bare module should
-    # pass ``inputs=<the algorithm>`` so that evaluation follows the algorithm's own input path.
-    return _LegacyInputs(torch.device(device), amp_dtype, channels_last)
+        return contextlib.nullcontext()
 
 
 def evaluate(
     network: nn.Module,
-    loader: DataLoader,
-    device: torch.device | None = None,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     inputs: InputPolicy | None = None,
 ) -> tuple[float, float]:
     """``(accuracy, mean cross-entropy)`` of ``network.predict`` over ``loader``.
 
     Inputs go through ``inputs.prepare_input`` and the forward runs in ``inputs.autocast()``;
-    ``inputs`` defaults to ``network`` itself when it has those methods (an Algorithm).
-    ``device``, ``amp_dtype`` and ``channels_last`` are used only for a bare module when no
-    ``inputs`` is given (the older calling convention). Labels go to the device of the
-    prepared inputs. Sums stay on the device; one host read at the end.
+    ``inputs`` defaults to ``network`` itself when it has those methods (an Algorithm), else
+    to a plain fp32 path on the network's device. Labels go to the device of the prepared
+    inputs. Sums stay on the device; one host read at the end.
     """
-    policy = _input_policy(network, inputs, device, amp_dtype, channels_last)
+    if inputs is not None:
+        policy: InputPolicy = inputs
+    elif isinstance(network, InputPolicy):
+        policy = network
+    else:
+        policy = _PlainModule(network)
     was_training = network.training
     network.eval()
     correct: torch.Tensor | None = None

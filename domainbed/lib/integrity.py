@@ -30,6 +30,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from domainbed.lib.errors import UserError
+
 DIGEST_KEY = "sha256"
 DAMAGED_SUFFIX = ".damaged"
 # PyTorch's pre-1.6 format: a pickle stream that starts with this magic number.
@@ -44,7 +46,7 @@ class DamagedFile(ValueError):
         super().__init__(f"{path} is damaged ({reason})")
 
 
-class UnsafeFile(ValueError):
+class UnsafeFile(UserError):
     """The file is intact but loading it would need unrestricted pickle."""
 
 

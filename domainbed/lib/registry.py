@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from domainbed.lib.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -11,7 +13,7 @@ class Registry(Generic[T]):
     """``@registry.register()`` records an object under its ``__name__`` (or a given name).
 
     Duplicates are an error; :meth:`get` (and ``registry[name]``) of an unknown name raises
-    a ``ValueError`` that lists the valid names, so a typo on the command line tells the
+    a :class:`~domainbed.lib.errors.UserError` that lists the valid names, so a typo on the command line tells the
     user what to type. Iterating gives the names, sorted, so ``choices=list(registry)``
     works in argparse.
     """
@@ -47,6 +49,6 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self.names())}") from None
+            raise UserError(f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self.names())}") from None
 
     __getitem__ = get

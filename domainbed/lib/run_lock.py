@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from domainbed.lib.errors import UserError
+
 LOCK_FILE = ".train.lock"
 
 
-class FolderBusy(RuntimeError):
+class FolderBusy(UserError):
     """Another live process holds the folder's lock."""
 
 

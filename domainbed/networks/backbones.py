@@ -14,6 +14,7 @@ from typing import Any, Mapping, NamedTuple
 import torch
 from torch import nn
 
+from domainbed.lib.errors import UserError
 from domainbed.networks.mnist_cnn import MNISTConvNet
 from domainbed.networks.weights import WeightsError, input_normalisation, load_pretrained
 
@@ -54,7 +55,7 @@ def create_trunk(name: str, input_shape: tuple[int, ...], pretrained: bool, weig
 
     timm_name = TIMM_ALIASES.get(name, name)
     if not timm.is_model(timm_name):
-        raise ValueError(
+        raise UserError(
             f"unknown backbone {name!r}. Use mnist_cnn, resnet18, resnet50, efficientnet_lite0, "
             f"vit_b_16, or any name from timm.list_models()."
         )

@@ -15,6 +15,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from domainbed.lib.errors import UserError
+
 # torchvision's ImageNet files (the weights of DomainBed's published table: IMAGENET1K_V1).
 TORCHVISION_FILES: dict[str, list[str]] = {
     "resnet18": ["resnet18-f37072fd.pth", "resnet18-5c106cde.pth"],
@@ -43,7 +45,7 @@ def input_normalisation(path: Path | str) -> tuple[tuple[float, ...], tuple[floa
     return INPUT_NORMALISATION.get(Path(path).name)
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """Pretrained weights are missing or do not fit the backbone."""
 
 

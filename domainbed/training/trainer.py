@@ -1,0 +1,224 @@
+"""The training loop of one run: set-up, steps, evaluations, checkpoints and the end.
+
+Every ``checkpoint_freq`` steps (and at the last step, or when the algorithm asks to
+stop) the loop evaluates every split, appends one record, then saves a checkpoint; SIGTERM
+during training saves a checkpoint at the end of the current step and returns 143. At the
+end an averaging algorithm (SWAD) is evaluated once more, then ``model.pt`` and ``done``
+are written, in that order. The output folder itself is :mod:`.run_folder`'s business.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from domainbed.algorithms import get_algorithm_class
+from domainbed.datasets import build_dataset
+from domainbed.datasets.bad_images import bad_image_count
+from domainbed.datasets.device_pipeline import select_train_loader
+from domainbed.datasets.splits import in_out_split
+from domainbed.lib.checkpoint import append_jsonl, fault_point, read_jsonl, save_verified
+from domainbed.lib.errors import UserError
+from domainbed.lib.evaluation import evaluate
+from domainbed.lib.loaders import eval_loader, zip_batches
+from domainbed.lib.misc import seed_hash, set_global_seed
+from domainbed.lib.preemption import PreemptionGuard
+from domainbed.lib.tb_trim import trim_event_files
+from domainbed.training.arguments import resolve_device, resolve_hparams
+from domainbed.training.reporting import make_record, print_summary, write_tensorboard
+from domainbed.training.run_folder import (
+    CHECKPOINT,
+    EXIT_PREEMPTED,
+    PREVIOUS_CHECKPOINT,
+    Diverged,
+    mark_done,
+    remove_checkpoints,
+)
+from domainbed.training.run_state import LoopState, checkpoint_state, model_state, resume
+
+
+class Trainer:
+    """One training run in an output folder that the caller holds (locked, arguments checked)."""
+
+    def __init__(self, args: argparse.Namespace, out: Path, preempt: PreemptionGuard):
+        self.args, self.out, self.preempt = args, out, preempt
+        self.results_path = out / "results.jsonl"
+        self.ckpt_path = out / CHECKPOINT
+        self.prev_ckpt_path = out / PREVIOUS_CHECKPOINT  # the last good one, kept until the next is in place
+        self.loop = LoopState()
+
+    # -------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        args = self.args
+        self.hparams = resolve_hparams(args)
+        print("Args:", json.dumps(vars(args), sort_keys=True))
+        print("HParams:", json.dumps(self.hparams, sort_keys=True))
+        set_global_seed(args.seed)
+        self.device = resolve_device(args.device)
+        self.dataset = build_dataset(args.dataset, args.data_dir, args.test_envs, self.hparams)
+        self.steps = args.steps or self.dataset.N_STEPS
+        self.checkpoint_freq = args.checkpoint_freq or self.dataset.CHECKPOINT_FREQ
+        self.num_workers = self.dataset.N_WORKERS if args.num_workers is None else args.num_workers
+        self._make_splits()
+        algorithm_class = get_algorithm_class(args.algorithm)
+        self.algorithm = algorithm_class(self.dataset.input_shape, self.dataset.num_classes, len(self.train_envs),
+                                         self.hparams)
+        self.algorithm.setup(self.device)
+
+    def _make_splits(self) -> None:
+        args = self.args
+        self.in_splits, self.out_splits = [], []
+        for i, env in enumerate(self.dataset.datasets):
+            in_, out = in_out_split(env, i, args.trial_seed, args.holdout_fraction)
+            self.in_splits.append(in_)
+            self.out_splits.append(out)
+        self.train_envs = [i for i in range(len(self.dataset)) if i not in args.test_envs]
+        empty = [self.dataset.environments[i] for i in self.train_envs if len(self.in_splits[i]) == 0]
+        if empty:
+            raise UserError(f"training domain(s) {empty} have no training examples after the holdout split; "
+                            "lower --holdout_fraction or add images")
+
+    def _loaders(self, start_step: int) -> None:
+        pin = self.device.type == "cuda"
+        bs = int(self.hparams["batch_size"])
+        balanced = bool(self.hparams.get("class_balanced", False))
+        # Input pipeline (hparam input_pipeline): "device" decodes and augments on self.device.
+        self.input_pipeline, make_train_loader = select_train_loader(self.hparams, self.dataset, self.device)
+        print(f"Input pipeline: {self.input_pipeline}")
+        self.train_loaders = [
+            make_train_loader(self.in_splits[i], bs, seed_hash(self.args.seed, "train", i), start_step, self.num_workers, pin, balanced)
+            for i in self.train_envs
+        ]
+        ebs = int(self.hparams.get("eval_batch_size", 256))
+        self.eval_loaders: dict[str, Any] = {}
+        for i in range(len(self.dataset)):
+            self.eval_loaders[f"env{i}_in"] = eval_loader(self.in_splits[i], ebs, self.num_workers, pin)
+            self.eval_loaders[f"env{i}_out"] = eval_loader(self.out_splits[i], ebs, self.num_workers, pin)
+        self.steps_per_epoch = min(len(self.in_splits[i]) / bs for i in self.train_envs)
+
+    # -------------------------------------------------------------- checkpoints and evaluation
+    def _save_checkpoint(self, step: int) -> None:
+        save_verified(checkpoint_state(step, self.algorithm, self.loop), self.ckpt_path, previous=self.prev_ckpt_path)
+
+    def _save_model(self, path: Path) -> None:
+        net = self.algorithm.eval_network()
+        save_verified(model_state(self.args, self.hparams, self.dataset, len(self.train_envs), net), path)
+
+    def _evaluate(self, network: Any) -> dict[str, float]:
+        results: dict[str, float] = {}
+        for name, loader in self.eval_loaders.items():
+            # The algorithm's own input path and precision, also for a bare averaged network.
+            acc, loss = evaluate(network, loader, inputs=self.algorithm)
+            fault_point("eval")
+            results[f"{name}_acc"] = acc
+            if name.endswith("_out"):
+                results[f"{name}_loss"] = loss
+        val = [results[f"env{i}_out_loss"] for i in self.train_envs if len(self.out_splits[i]) > 0]
+        results["val_loss"] = sum(val) / len(val) if val else float("nan")
+        return results
+
+    # -------------------------------------------------------------- loop
+    def run(self) -> int:
+        """Set up, resume, train and finish; the exit status (0, or 143 when pre-empted)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.setup()
+        self.bad_images_at_start = bad_image_count()
+        start, self.loop = resume(self.out, [self.ckpt_path, self.prev_ckpt_path], self.results_path,
+                                  self.algorithm, self.device)
+        self._loaders(start)
+        # Points the steps after the checkpoint wrote are recomputed: remove them from the files
+        # (purge_step alone only hides them from TensorBoard). The averaged model is redone too.
+        trim_event_files(self.out / "tensorboard", lambda tag, step: step >= start or tag.startswith("averaged/"))
+        writer = SummaryWriter(log_dir=str(self.out / "tensorboard"), purge_step=start if start > 0 else None)
+        try:
+            return self._train(writer, start)
+        finally:
+            writer.close()  # also when leaving on SIGTERM or an error: flushes what was logged
+
+    def _train(self, writer: Any, start: int) -> int:
+        from tqdm import tqdm
+
+        alg, loop = self.algorithm, self.loop
+        batches = zip_batches(self.train_loaders)
+        interval_start, interval_steps = time.perf_counter(), 0
+        progress = tqdm(total=self.steps, initial=start, desc=f"{self.args.algorithm} {self.args.dataset}",
+                        unit="step", file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        with self.preempt.during("training") as preempt:
+            step = start
+            while step < self.steps and not loop.finished:
+                loop.add(alg.update(next(batches)))
+                fault_point("step")
+                interval_steps += 1
+                alg.on_step_end(step)
+                progress.update(1)
+                if step % self.checkpoint_freq == 0 or step == self.steps - 1 or alg.should_stop:
+                    means = loop.means()
+                    step_time = (time.perf_counter() - interval_start) / max(interval_steps, 1)
+                    evals = self._evaluate(alg)
+                    alg.on_evaluation(step, evals)
+                    record = make_record(step, step / self.steps_per_epoch, step_time, evals, means, self.device,
+                                         self.hparams, self.args)
+                    append_jsonl(self.results_path, record)
+                    fault_point("after_record")
+                    write_tensorboard(writer, record)
+                    progress.set_postfix(loss=f"{means.get('loss', float('nan')):.3f}")
+                    if not all(math.isfinite(v) for v in means.values()):
+                        raise Diverged(
+                            f"loss became non-finite by step {step} ({means}); the run stops and is not marked done. "
+                            "Lower the learning rate or check the data."
+                        )
+                    loop.reset_logs()
+                    loop.finished = alg.should_stop or step == self.steps - 1
+                    self._save_checkpoint(step)
+                    fault_point("after_checkpoint")
+                    if self.args.save_model_every_checkpoint:
+                        self._save_model(self.out / f"model_step{step}.pt")
+                    interval_start, interval_steps = time.perf_counter(), 0
+                elif preempt.requested:
+                    self._save_checkpoint(step)
+                if preempt.requested:
+                    print(f"SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume",
+                          file=sys.stderr)
+                    progress.close()
+                    return EXIT_PREEMPTED
+                step += 1
+        progress.close()
+        self.preempt.enter("finishing")
+        self._finish(writer)
+        return 0
+
+    def _finish(self, writer: Any) -> None:
+        alg = self.algorithm
+        alg.on_train_end(self._bn_batches())
+        if alg.eval_network() is not alg:
+            # SWAD: the averaged model is what is reported, saved and evaluated.
+            evals = self._evaluate(alg.eval_network())
+            last = read_jsonl(self.results_path)[-1]
+            record = {**last, **evals, "averaged": True}
+            append_jsonl(self.results_path, record)
+            fault_point("after_record")
+            write_tensorboard(writer, record, prefix="averaged/")
+            print("Averaged model:", json.dumps({k: round(v, 4) for k, v in evals.items()}))
+        writer.close()
+        if not self.args.skip_model_save:
+            self._save_model(self.out / "model.pt")
+        fault_point("before_done")
+        mark_done(self.out)
+        self.preempt.enter("done")
+        fault_point("after_done")
+        remove_checkpoints(self.out)  # the finished run no longer needs optimizer state
+        print_summary(self.results_path, self.dataset.environments, self.args.test_envs,
+                      len(getattr(self.dataset, "skipped_files", [])), bad_image_count() - self.bad_images_at_start)
+
+    def _bn_batches(self) -> Iterator[torch.Tensor]:
+        """Training images for recomputing BatchNorm statistics of an averaged model."""
+        for minibatches in zip_batches(self.train_loaders):
+            yield torch.cat([x for x, _ in minibatches])
