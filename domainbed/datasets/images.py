@@ -13,13 +13,14 @@ sweep): the per-domain readers, which subclass torchvision's ``ImageFolder``, li
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
 from typing import Any, ClassVar, Sequence
 
 from domainbed.datasets.base import DatasetError, MultipleDomainDataset, register_dataset
 from domainbed.datasets.transforms import eval_transform, train_transform
+from domainbed.lib.environments import check_test_envs
+from domainbed.lib.errors import UserError
 
 
 def domain_folders(folder: str) -> list[str]:
@@ -96,9 +97,10 @@ class ImageFolderDomains(MultipleDomainDataset):
 
     @staticmethod
     def _check_test_envs(test_envs: Sequence[int], n_domains: int) -> set[int]:
-        bad = [env for env in test_envs if not isinstance(env, numbers.Integral) or not 0 <= env < n_domains]
-        if bad:
-            raise DatasetError(f"test_envs {bad} out of range: this dataset has {n_domains} domains (0..{n_domains - 1})")
+        try:
+            check_test_envs(test_envs, n_domains, flag="test_envs", for_training=False)
+        except UserError as error:
+            raise DatasetError(str(error)) from None
         return {int(env) for env in test_envs}
 
     def _find_class_union(self, folder: str, domains: list[str]) -> list[str]:

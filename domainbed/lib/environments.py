@@ -10,6 +10,8 @@ from __future__ import annotations
 import numbers
 from typing import Sequence
 
+from domainbed.lib.errors import UserError
+
 
 def check_test_envs(
     test_envs: Sequence[int],
@@ -19,7 +21,7 @@ def check_test_envs(
     dataset: str = "this dataset",
     for_training: bool = True,
 ) -> None:
-    """Raise ``ValueError`` unless every index in ``test_envs`` is an environment of the dataset.
+    """Raise :class:`~domainbed.lib.errors.UserError` unless every index in ``test_envs`` is an environment of the dataset.
 
     ``flag`` and ``dataset`` name what the user typed and which dataset, for the message.
     With ``for_training`` (one run's test envs), duplicates are refused too and at least one
@@ -27,10 +29,10 @@ def check_test_envs(
     """
     bad = [e for e in test_envs if isinstance(e, bool) or not isinstance(e, numbers.Integral) or not 0 <= e < n_envs]
     if bad:
-        raise ValueError(f"{flag} {bad} out of range: {dataset} has environments 0..{n_envs - 1}")
+        raise UserError(f"{flag} {bad} out of range: {dataset} has environments 0..{n_envs - 1}")
     if not for_training:
         return
     if len(set(test_envs)) != len(test_envs):
-        raise ValueError(f"{flag} has duplicates: {list(test_envs)}")
+        raise UserError(f"{flag} has duplicates: {list(test_envs)}")
     if len(test_envs) >= n_envs:
-        raise ValueError("at least one environment must remain for training")
+        raise UserError("at least one environment must remain for training")

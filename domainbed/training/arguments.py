@@ -12,6 +12,7 @@ import torch
 from domainbed import hparams_registry
 from domainbed.algorithms import get_algorithm_class
 from domainbed.datasets import get_dataset_class, num_environments
+from domainbed.lib.environments import check_test_envs
 from domainbed.lib.errors import UserError
 
 TASKS = ("domain_generalization", "domain_adaptation")
@@ -77,14 +78,7 @@ def validate_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name} must be positive, got {value}")
     get_algorithm_class(args.algorithm)  # lists the valid names
     get_dataset_class(args.dataset)
-    n_env = num_environments(args.dataset)
-    bad = [e for e in args.test_envs if not 0 <= e < n_env]
-    if bad:
-        raise UserError(f"--test_envs {bad} out of range: {args.dataset} has environments 0..{n_env - 1}")
-    if len(set(args.test_envs)) != len(args.test_envs):
-        raise UserError(f"--test_envs has duplicates: {args.test_envs}")
-    if len(args.test_envs) >= n_env:
-        raise UserError("at least one environment must remain for training")
+    check_test_envs(args.test_envs, num_environments(args.dataset), dataset=args.dataset)
 
 
 def resolve_hparams(args: argparse.Namespace) -> dict[str, Any]:
