@@ -172,34 +172,6 @@ def test_mnist_subset_end_to_end(tmp_path):
     assert records[-1]["hparams"]["backbone"] == "efficientnet_lite0"
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--algorithm", "NotAnAlgorithm"], "valid algorithms"),
-        (["--dataset", "NotADataset"], "valid datasets"),
-        (["--test_envs", "7"], "out of range"),
-        (["--hparams", "{bad json"], "not valid JSON"),
-        (["--hparams", '{"lr_typo": 1}'], "Valid keys"),
-        (["--skip_model_save", "--save_model_every_checkpoint"], "contradict"),
-        (["--precision", "bf16", "--hparams", '{"precision": "fp32"}'], "conflicts"),
-        (["--test_envs", "0", "0"], "duplicates"),
-        (["--hparams", '{"precision": "fp8"}'], "hparam precision must be one of"),
-        (["--holdout_fraction", "1.5"], "--holdout_fraction must be in [0, 1)"),
-        (["--task", "domain_adaptation"], "no shipped algorithm uses unlabelled target-domain data"),
-        (["--task", "domain_adaptation", "--uda_holdout_fraction", "0.2"], "no shipped algorithm uses"),
-        (["--hparams", '{"backbone": "resnet18", "pretrained": true}', "--weights", "/no/such/weights.pt"],
-         "pretrained weights file /no/such/weights.pt does not exist"),
-    ],
-)
-def test_user_errors_exit_with_message(tmp_path, capsys, argv, message):
-    with pytest.raises(SystemExit) as exc:
-        train.main(["--dataset", "Debug28", "--output_dir", str(tmp_path / "x"), "--steps", "2", *argv])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-
-
 def failing_evaluation(error: Exception):
     """A ``Trainer._evaluate`` that raises ``error`` from inside the training loop."""
 
