@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-slow lint venv clean
 
 venv: $(STAMP)
 
@@ -20,8 +20,13 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(PY) -m domainbed.scripts.demo
 
+# The default run leaves out the tests marked slow (end-to-end runs, fault injection, the
+# wheel build, the notebook); CI runs them as a second step with `make test-slow`.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
 
 # ruff with the security rules; configuration in pyproject.toml.
 lint: $(STAMP)

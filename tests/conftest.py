@@ -20,10 +20,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: takes more than a few seconds (end-to-end, builds); deselect with -m 'not slow'")
-
-
 @pytest.fixture
 def empty_torch_hub(tmp_path, monkeypatch):
     """A torch hub directory with no cached weights (and no Hugging Face cache)."""

@@ -32,6 +32,7 @@ def step_time():
         sys.modules.pop(name, None)
 
 
+@pytest.mark.slow
 def test_tiny_run_prints_ratios_and_pipelines_as_last_json_line(step_time, tmp_path, capsys):
     out = tmp_path / "result.json"
     threads = torch.get_num_threads()

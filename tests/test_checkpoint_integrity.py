@@ -81,6 +81,7 @@ def test_every_truncation_is_detected(tmp_path):
     assert len(tried) > 400
 
 
+@pytest.mark.slow
 def test_a_flipped_byte_is_detected_or_changes_nothing(tmp_path):
     """Bit rot: byte positions of a file inverted in turn. Either it is reported damaged,
     or (alignment padding, unused header fields) the file still loads to the same state."""

@@ -274,6 +274,7 @@ def test_input_pipeline_selection(tmp_path):
         resolve_input_pipeline({"input_pipeline": "gpu"}, jpegs, CPU)
 
 
+@pytest.mark.slow
 def test_train_script_runs_the_device_pipeline_on_cpu(tmp_path, capsys):
     from domainbed.scripts import train
 

@@ -115,6 +115,7 @@ def test_v2_gains_match_paired_gains_on_the_records(v2_copy, monkeypatch):
             assert got["mean"] == pytest.approx(sum(per_trial) / len(per_trial))
 
 
+@pytest.mark.slow
 def test_v2_report_main_writes_every_output_without_hparam_records(v2_copy, tmp_path, monkeypatch):
     monkeypatch.chdir(v2_copy)
     report = load_v2_report()

@@ -132,7 +132,13 @@ def test_every_algorithm_compared_is_registered():
     assert set(ALGORITHMS) <= set(algorithm_names())
 
 
-@pytest.mark.parametrize("dataset", dataset_names())
+# One dataset per hparam family in the default run; every dataset in the slow run.
+FAST_DATASETS = {"Debug28", "RotatedMNIST", "ColoredMNISTSubset", "PACS", "DomainNet"}
+
+
+@pytest.mark.parametrize(
+    "dataset", [d if d in FAST_DATASETS else pytest.param(d, marks=pytest.mark.slow) for d in dataset_names()]
+)
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_defaults_and_random_draws_equal_domainbeds(algorithm, dataset):
     skip = excluded(dataset)

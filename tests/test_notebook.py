@@ -25,6 +25,7 @@ def test_notebook_is_stored_without_outputs():
     assert 'os.environ.get("DOMAINBED_SWEEP_DIR", "demo_sweep")' in "".join(code[0]["source"])
 
 
+@pytest.mark.slow
 def test_notebook_executes_on_fixture_sweep(record_sweep, tmp_path, monkeypatch):
     sweep = record_sweep
     # The kernel inherits this environment (conftest sets MPLBACKEND=Agg; the notebook

@@ -340,6 +340,7 @@ def test_dummy_launcher_prints_commands(fake: SimpleNamespace, capsys) -> None:
     assert not invocations(fake) and not fake.out.exists()
 
 
+@pytest.mark.slow
 def test_two_concurrent_launch_processes_run_each_job_once(fake: SimpleNamespace, monkeypatch) -> None:
     (fake.root / "wrapper.py").write_text(WRAPPER)
     started, gate = Channel(fake.root / "started"), Channel(fake.root / "gate")
@@ -485,6 +486,7 @@ def test_offline_demo_sweep_is_small(fake: SimpleNamespace, monkeypatch) -> None
 # ----------------------------------------------------------------------------- the real trainer
 
 
+@pytest.mark.slow
 def test_sweep_with_the_real_trainer_on_debug28(tmp_path: Path, monkeypatch) -> None:
     """End to end: ERM and CORAL x 2 hparams seeds x 1 trial on Debug28, test env 0."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
