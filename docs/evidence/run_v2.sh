@@ -4,7 +4,7 @@
 # the shuffled-prior control, MIRO), then the other bases and their FT-LP variants.
 # Resumable: `sweep launch` starts only jobs that are not done; rerun to continue.
 # Usage: bash docs/evidence/run_v2.sh [TRIALS] [ARMS...]   (default 5 trials, every arm)
-set -euo pipefail
+set -uo pipefail  # not -e: one failed job must not stop the rest (rerun the script to retry it)
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-docs/evidence/v2/records}

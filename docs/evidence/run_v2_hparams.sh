@@ -5,7 +5,7 @@
 # the lambda curve accumulate in order. Resumable: `sweep launch` starts only jobs that are
 # not done; rerun to continue. Then: python docs/evidence/v2/make_report.py
 # Usage: bash docs/evidence/run_v2_hparams.sh [LAST_HPARAMS_SEED]   (default 4)
-set -euo pipefail
+set -uo pipefail  # not -e: one failed job must not stop the rest (rerun the script to retry it)
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-docs/evidence/v2/hparam_records}
