@@ -212,3 +212,23 @@ def test_design_references_point_into_the_repository() -> None:
     assert not bad, f"references to sections docs/design.md does not have: {bad}"
     assert outside - KNOWN_OUTSIDE_REFERENCES == set(), "cite docs/design.md, not notes outside the repository"
     assert KNOWN_OUTSIDE_REFERENCES <= outside, f"fixed, remove from the list: {sorted(KNOWN_OUTSIDE_REFERENCES - outside)}"
+
+
+def test_the_five_registries_are_the_one_registry_class() -> None:
+    from domainbed.algorithms import registry as algorithms_registry
+    from domainbed.datasets import base as datasets_base
+    from domainbed.launchers import registry as launchers_registry
+    from domainbed.lib.registry import Registry
+    from domainbed.scripts import sweep
+
+    found = {
+        "algorithms": [algorithms_registry.ALGORITHMS],
+        "datasets": [v for v in vars(datasets_base).values() if isinstance(v, Registry)],
+        "launchers": [launchers_registry.LAUNCHERS],
+        "selection": [selection.SELECTION_METHODS],
+        "sweep commands": [sweep.COMMANDS],
+    }
+    assert all(len(registries) == 1 and isinstance(registries[0], Registry) for registries in found.values()), found
+    assert list(sweep.COMMANDS) == ["delete_incomplete", "launch", "status"]
+    with pytest.raises(ValueError, match="unknown sweep command 'run'; valid sweep commands: delete_incomplete"):
+        sweep.COMMANDS.get("run")

@@ -28,28 +28,18 @@ from pathlib import Path
 from typing import Callable
 
 from domainbed.launchers import Job, LauncherOptions, get_launcher, lock_status
+from domainbed.lib.registry import Registry
 from domainbed.sweep import options
 from domainbed.sweep.jobs import JobState, build_jobs, job_state
 
 Command = Callable[[argparse.Namespace, list[Job]], int]
-_COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str) -> Callable[[Command], Command]:
-    """Decorator registering a sweep sub-command."""
-
-    def decorate(fn: Command) -> Command:
-        if name in _COMMANDS:
-            raise ValueError(f"sweep command {name!r} is registered twice")
-        _COMMANDS[name] = fn
-        return fn
-
-    return decorate
+COMMANDS: Registry[Command] = Registry("sweep command")
+command = COMMANDS.register  # @command("name") registers a sub-command
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the sub-commands below and the flags of :mod:`domainbed.sweep.options`."""
-    return options.build_parser(_COMMANDS, description=__doc__.split("\n\n")[0])
+    return options.build_parser(COMMANDS, description=__doc__.split("\n\n")[0])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -163,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = build_jobs(args)
     except ValueError as error:
         raise SystemExit(f"sweep: error: {error}") from None
-    return _COMMANDS[args.command](args, jobs)
+    return COMMANDS[args.command](args, jobs)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def print_summary(results: Path, environments: Sequence[str], test_envs: Sequenc
     """Skipped data (if any) and the final accuracy of every domain."""
     if skipped_files or bad_images:
         print(f"Data: skipped {skipped_files} empty or non-image files; skipped {bad_images} unreadable images "
-              "(replaced by other images of their domain; counted in this process only, see err.txt)")
+              "(replaced by other images of their domain; counted over this process and its DataLoader workers, see err.txt)")
     records = read_jsonl(results)
     if not records:
         return
