@@ -18,10 +18,10 @@ import warnings
 from typing import Any, ClassVar, Sequence
 
 from domainbed.datasets.base import DatasetError, MultipleDomainDataset, register_dataset
-from domainbed.lib.hparam import HParam, pow2_int
 from domainbed.datasets.transforms import eval_transform, train_transform
 from domainbed.lib.environments import check_test_envs
 from domainbed.lib.errors import UserError
+from domainbed.lib.hparam import HParam, pow2_int
 
 
 def domain_folders(folder: str) -> list[str]:
