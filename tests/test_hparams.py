@@ -6,6 +6,11 @@ import numpy as np
 import pytest
 
 from domainbed import hparams_registry as hr
+from domainbed.algorithms import get_algorithm_class
+from domainbed.datasets import MultipleDomainDataset, get_dataset_class
+from domainbed.datasets.base import DigitSubsetDataset, SmallImageDataset
+from domainbed.datasets.images import DomainNet
+from domainbed.lib.hparam import HParam
 from domainbed.lib.misc import seed_hash
 
 
@@ -49,3 +54,64 @@ def test_invalid_json_is_explained():
 def test_dataset_table_overrides_defaults():
     assert hr.default_hparams("ERM", "Debug224")["pretrained"] is False
     assert "ftlp_lambda" not in hr.default_hparams("ERM", "VLCS")  # only hparams the algorithm has
+
+
+class _ToyDataset(MultipleDomainDataset):
+    """A dataset defined here, never registered: it declares its own hparams."""
+
+    HPARAMS = {
+        "lr": HParam(0.25, hr.uniform(0.1, 0.3)),
+        "toy_width": HParam(7, hr.choice(3, 7, 11), "a hparam only this dataset has"),
+    }
+    HPARAM_DEFAULTS = {"mmd_gamma": 4.0, "ftlp_lambda": 9.0}
+    HPARAMS_FOLLOW = {"lr_d": "lr"}
+
+
+def test_a_new_dataset_class_gets_its_own_hparams_merged():
+    h = hr.default_hparams("CORAL", _ToyDataset)
+    assert (h["lr"], h["toy_width"], h["batch_size"], h["backbone"]) == (0.25, 7, 32, "resnet50")
+    assert h["mmd_gamma"] == 4.0 and "ftlp_lambda" not in h  # defaults reach only hparams CORAL has
+    seed = seed_hash(4, 2)
+    drawn = hr.random_hparams("CORAL", _ToyDataset, seed)
+    assert drawn["lr"] == pytest.approx(np.random.RandomState(seed_hash(seed, "lr")).uniform(0.1, 0.3))
+    assert drawn["toy_width"] == (3, 7, 11)[np.random.RandomState(seed_hash(seed, "toy_width")).choice(3)]
+    # The default is the dataset's, the distribution stays CORAL's.
+    assert drawn["mmd_gamma"] == pytest.approx(10 ** np.random.RandomState(seed_hash(seed, "mmd_gamma")).uniform(-1, 1))
+    # HPARAMS_FOLLOW: DANN's discriminator lr takes the dataset's lr, its generator lr does not.
+    dann = hr.default_hparams("DANN", _ToyDataset)
+    assert dann["lr_d"] == 0.25 and dann["lr_g"] == 5e-5
+    # It takes lr's distribution, drawn from its own seed.
+    lr_d = np.random.RandomState(seed_hash(seed, "lr_d")).uniform(0.1, 0.3)
+    assert hr.random_hparams("DANN", _ToyDataset, seed)["lr_d"] == pytest.approx(lr_d)
+    # The algorithm's own declaration wins over the dataset's (ARM fixes its batch size).
+    assert hr.default_hparams("ARM", type("Toy", (_ToyDataset,), {"HPARAMS": {"batch_size": HParam(99)}}))["batch_size"] == 8
+
+
+def test_a_subclass_redeclaring_a_value_keeps_the_help():
+    specs = _ToyDataset.hparam_specs()
+    assert specs["lr"].help == MultipleDomainDataset.HPARAMS["lr"].help != ""
+    assert specs["toy_width"].help == "a hparam only this dataset has"
+
+
+def test_dataset_defaults_and_distributions_are_read_from_the_dataset_class(monkeypatch):
+    assert not any(hasattr(hr, name) for name in ("DATASET_DEFAULTS", "DATASET_SPECS", "CALIBRATED_FAMILIES"))
+    assert DomainNet.HPARAM_DEFAULTS["ftlp_lambda"] == hr.default_hparams("ERM_FTLP", "DomainNet")["ftlp_lambda"] == 0.1
+    monkeypatch.setattr(DomainNet, "HPARAM_DEFAULTS", {"ftlp_lambda": 0.7})
+    monkeypatch.setattr(DomainNet, "HPARAMS", {"batch_size": HParam(12, hr.pow2_int(2, 3))})
+    assert hr.default_hparams("ERM_FTLP", "DomainNet")["ftlp_lambda"] == 0.7
+    assert hr.default_hparams("ERM", "DomainNet")["batch_size"] == 12
+    assert {hr.get_hparams("ERM", "DomainNet", s, 0)["batch_size"] for s in range(1, 20)} <= {4, 5, 6, 7}
+    assert hr.default_hparams("ERM_FTLP", "OfficeHome")["ftlp_lambda"] == 0.1  # another class, untouched
+
+
+def test_families_are_declared_on_their_base_classes(tmp_path):
+    assert issubclass(get_dataset_class("Debug28"), SmallImageDataset)
+    assert all(issubclass(get_dataset_class(d), DigitSubsetDataset) for d in ("RotatedMNISTSubset", "OfflineDigits"))
+    assert hr.default_hparams("ERM", "RotatedMNIST")["backbone"] == SmallImageDataset.HPARAMS["backbone"].default
+    subset = hr.default_hparams("DANN", "ColoredMNISTSubset")
+    assert (subset["backbone"], subset["image_size"], subset["lr"], subset["lr_g"]) == ("efficientnet_lite0", 32, 1e-3, 1e-3)
+    # A folder dataset is the image family, with no dataset-specific default: ERM_FTLP keeps its own lambda.
+    (tmp_path / "domain" / "class").mkdir(parents=True)
+    folder = hr.default_hparams("ERM_FTLP", str(tmp_path))
+    assert (folder["backbone"], folder["lr"], folder["batch_size"]) == ("resnet50", 5e-5, 32)
+    assert folder["ftlp_lambda"] == get_algorithm_class("ERM_FTLP").hparam_specs()["ftlp_lambda"].default != 0.01

