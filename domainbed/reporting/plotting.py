@@ -199,6 +199,15 @@ def set_value_scale(axis: plt.Axes, values: np.ndarray, name: str, scale: str = 
     return scale
 
 
+def _finish_value_axis(axis: plt.Axes, key: str, scale: str, empty: str, legend_size: str) -> None:
+    """Scale and label an axis of logged values from the lines drawn on it, or say ``empty``."""
+    if axis.lines:
+        set_value_scale(axis, np.concatenate([line.get_ydata() for line in axis.lines]).astype(float), key, scale)
+        axis.legend(fontsize=legend_size)
+    else:
+        axis.text(0.5, 0.5, empty, ha="center", va="center", transform=axis.transAxes)
+
+
 def plot_curves(
     records: Records,
     keys: Sequence[str] = ("loss",),
@@ -236,11 +245,7 @@ def plot_curves(
         for axis, key in zip(row[1:], keys):
             axis.set_title(f"{name}: {key}")
             axis.set_xlabel("step")
-            if axis.lines:
-                set_value_scale(axis, np.concatenate([line.get_ydata() for line in axis.lines]).astype(float), key, scale)
-                axis.legend(fontsize="x-small")
-            else:
-                axis.text(0.5, 0.5, f"no '{key}' logged", ha="center", va="center", transform=axis.transAxes)
+            _finish_value_axis(axis, key, scale, f"no '{key}' logged", "x-small")
     fig.tight_layout()
     return fig
 
@@ -268,10 +273,6 @@ def plot_kl_curve(
     ax.set_title(f"{key} (mean over runs)")
     ax.set_xlabel("step")
     ax.set_ylabel(key)
-    if ax.lines:
-        set_value_scale(ax, np.concatenate([line.get_ydata() for line in ax.lines]).astype(float), key, scale)
-        ax.legend(fontsize="small")
-    else:
-        ax.text(0.5, 0.5, f"no '{key}' logged in these records", ha="center", va="center", transform=ax.transAxes)
+    _finish_value_axis(ax, key, scale, f"no '{key}' logged in these records", "small")
     fig.tight_layout()
     return fig
