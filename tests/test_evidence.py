@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -100,6 +102,7 @@ def test_v2_gains_match_paired_gains_on_the_records(v2_copy, monkeypatch):
     selected = get_selection_method("training_domain").select(load_records(report.RECORDS).df)
     acc = {(r.algorithm, r.dataset, r.trial_seed, r.test_env): 100 * r.test_acc for r in selected.itertuples()}
     gains = report.all_gains(load_records(report.RECORDS).df)["training_domain"]
+    text = report.gains_markdown()
     domains, _ = report.sweep_plan()
     for (treatment, baseline), dataset in [(c, d) for c in report.EVIDENCE_COMPARISONS for d in domains]:
         per_trial = []
@@ -113,6 +116,11 @@ def test_v2_gains_match_paired_gains_on_the_records(v2_copy, monkeypatch):
         assert got["n"] == len(per_trial)
         if per_trial:
             assert got["mean"] == pytest.approx(sum(per_trial) / len(per_trial))
+        if len(per_trial) >= 2:  # the precision section: spread so far and trials for SE <= 0.7
+            sd = statistics.stdev(per_trial)
+            needed = max(2, math.ceil(sd**2 / 0.7**2 - 1e-9))
+            row = next(line for line in text.splitlines() if line.startswith(f"| {dataset} | {treatment} − {baseline} |"))
+            assert row.split(" | ")[3:5] == [f"{sd:.1f}", str(needed)]
 
 
 @pytest.mark.slow

@@ -7,7 +7,15 @@ import math
 import pandas as pd
 import pytest
 
-from domainbed.lib.paired_gains import AVERAGE, arm_accuracy, format_gain, mean_se, paired_gains, trial_gains
+from domainbed.lib.paired_gains import (
+    AVERAGE,
+    arm_accuracy,
+    format_gain,
+    mean_se,
+    paired_gains,
+    trial_gains,
+    trials_for_se,
+)
 
 # Two domains; trial 2 of T lacks domain 1, so trial 2 cannot count in the benchmark mean.
 ACC = {
@@ -86,3 +94,19 @@ def test_mean_se_arm_accuracy_and_format():
     assert format_gain(1.234, 0.56, 3) == "+1.2 ± 0.6"
     assert format_gain(-2.0, math.nan, 1) == "-2.0 (no SE)"
     assert format_gain(math.nan, math.nan, 0) == "–"
+
+
+def test_trials_for_se_from_the_spread_so_far():
+    # gains 1, 2, 4 over 3 trials: sd = sqrt(7/3) = 1.528; SE <= 0.7 needs sd^2 / 0.49 = 4.76 -> 5 trials
+    _, se, n = mean_se([1.0, 2.0, 4.0])
+    assert trials_for_se(se, n, 0.7) == 5
+    sd = math.sqrt(7 / 3)
+    assert sd / math.sqrt(5) <= 0.7 < sd / math.sqrt(4)
+    # already precise enough: never fewer than 2 trials
+    assert trials_for_se(0.1, 3, 0.7) == 2
+    # an exact hit needs no extra trial: sd = 1.4 reaches SE 0.7 at exactly 4 trials
+    assert trials_for_se(1.4 / math.sqrt(3), 3, 0.7) == 4
+    assert trials_for_se(math.nan, 1, 0.7) is None
+    assert trials_for_se(0.5, 0, 0.7) is None
+    with pytest.raises(ValueError, match="positive"):
+        trials_for_se(0.5, 3, 0.0)

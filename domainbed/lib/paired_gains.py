@@ -138,6 +138,23 @@ def arm_accuracy(selected: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=ARM_COLUMNS)
 
 
+def trials_for_se(se: float, n: int, target: float) -> int | None:
+    """Trials needed for the SE of a mean over trials to reach ``target`` (same units).
+
+    The per-trial spread is estimated from the trials so far, ``sd = se · √n`` (ddof = 1),
+    and the answer is the smallest ``m ≥ 2`` with ``sd / √m ≤ target``. ``None`` when the
+    spread cannot be estimated yet (n < 2). An estimate from few trials is itself noisy:
+    re-estimate as trials arrive.
+    """
+    if target <= 0:
+        raise ValueError(f"target SE must be positive, got {target}")
+    if n < 2 or math.isnan(se):
+        return None
+    sd = se * math.sqrt(n)
+    # the small tolerance keeps an exact hit (sd / sqrt(m) == target) from rounding up a trial
+    return max(2, math.ceil((sd / target) ** 2 - 1e-9))
+
+
 def format_gain(mean: float, se: float, n: int) -> str:
     """``+1.2 ± 0.3`` in points; ``+1.2 (no SE)`` for one trial; ``–`` for none."""
     if n == 0:
