@@ -123,6 +123,33 @@ def test_v2_gains_match_paired_gains_on_the_records(v2_copy, monkeypatch):
             assert row.split(" | ")[3:5] == [f"{sd:.1f}", str(needed)]
 
 
+def test_v2_convergence_table_matches_a_loop_over_the_raw_records(v2_copy, monkeypatch):
+    """The Convergence table of gains.md against the results.jsonl files read by hand."""
+    monkeypatch.chdir(v2_copy)
+    report = load_v2_report()
+    import json
+
+    jobs: dict[tuple[str, str], list[tuple[bool, float]]] = {}
+    for path in sorted((v2_copy / report.RECORDS).glob("*/results.jsonl")):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = [r for r in lines if not r.get("averaged")]
+        args = lines[0]["args"]
+        test = args["test_envs"][0]
+        train = [i for i in range(len([k for k in lines[0] if k.endswith("_in_acc")])) if i != test]
+        val = [sum(r[f"env{i}_out_acc"] for i in train) / len(train) for r in lines]
+        acc = {r["step"]: 100 * r[f"env{test}_in_acc"] for r in lines}
+        final = max(acc)
+        earlier = max(s for s in acc if s <= final - 100)
+        picked_last = val[-1] > max(val[:-1])  # the rule keeps the first of equal checkpoints
+        jobs.setdefault((args["dataset"], args["algorithm"]), []).append((picked_last, acc[final] - acc[earlier]))
+    text = report.gains_markdown()
+    for (dataset, algorithm), runs in jobs.items():
+        rise = sum(r for _, r in runs) / len(runs)
+        picks = sum(p for p, _ in runs)
+        row = f"| {dataset} | {algorithm} | {len(runs)} | {picks} of {len(runs)} | {rise:+.1f} |"
+        assert row in text
+
+
 @pytest.mark.slow
 def test_v2_report_main_writes_every_output_without_hparam_records(v2_copy, tmp_path, monkeypatch):
     monkeypatch.chdir(v2_copy)

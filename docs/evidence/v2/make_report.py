@@ -10,7 +10,8 @@ Run from the repository root (the tables print the records path as given). Write
 * gains.md: per benchmark, the paired gain of each comparison (FT-LP, arXiv 2406.05628,
   against its base, against MIRO, against the shuffled-prior control; MIRO against ERM)
   under training-domain validation and the oracle, over the benchmark and per domain,
-  with n, plus the compute the records account for;
+  with n; the trials each benchmark-mean gain needs for SE <= 0.7 at the spread so far; how
+  converged the runs are (final checkpoint picked, accuracy still rising); the compute;
 * per_domain_accuracy.png, gains_per_domain.png, gains_per_domain_oracle.png,
   control.png, lambda.png (ERM_FTLP against its sampled λ, from the hparam search);
 * the Verdict block of README.md between its markers (pending while trials are missing).
@@ -157,6 +158,7 @@ def gains_markdown(path: str = RECORDS) -> str:
     lines += ["## Incomplete comparisons", ""]
     lines += ["Fewer complete paired trials than planned (listed, not dropped):", ""] if incomplete else []
     lines += [f"* {item}" for item in incomplete] or ["None: every comparison has every planned trial."]
+    lines += ["", "## Convergence", "", convergence_text(load.df), ""]
     lines += ["", "## Compute", "", training_time_text(load.df), ""]
     return "\n".join(lines)
 
@@ -185,6 +187,37 @@ def precision_lines(gains: dict[str, pd.DataFrame], domains: dict[str, list[int]
             shown = str(counts[0]) if counts[0] == counts[1] else "/".join(map(str, counts))
             lines.append(f"| {dataset} | {treatment} − {baseline} | {shown} | " + " | ".join(cells) + " |")
     return lines
+
+
+def convergence_text(df: pd.DataFrame) -> str:
+    """How far from converged the runs are: per benchmark and arm, how often training-domain
+    validation picks the final checkpoint, and how much the test accuracy still rose over the
+    last 100 steps (final checkpoint minus the latest one at least 100 steps earlier). Ordinary checkpoints
+    only (SWAD's averaged model is left out)."""
+    from domainbed.lib.selection import heldout_env_accuracy
+
+    raw = df[~df["averaged"]].copy()
+    raw["test_acc"] = 100.0 * heldout_env_accuracy(raw)
+    last_step = raw.groupby("output_dir")["step"].max()
+    final = raw["output_dir"].map(last_step)
+    picked = get_selection_method("training_domain").select(prepare_records(raw))
+    picked = picked.assign(last=picked["step"] == picked["output_dir"].map(last_step))
+    last = raw[raw["step"] == final].set_index("output_dir")["test_acc"]
+    # the latest checkpoint at least 100 steps before the final one (the final step is often
+    # steps - 1, off the evaluation grid)
+    earlier = raw[raw["step"] <= final - 100].sort_values("step").groupby("output_dir").tail(1)
+    rise = (last - earlier.set_index("output_dir")["test_acc"]).dropna()
+    text = ["Training-domain validation picks one checkpoint of each run; when it is almost always the final one and "
+            "the test accuracy is still rising, the runs are not converged and a paired gain partly measures how "
+            "fast each arm learns in the step budget.", "",
+            "| benchmark | arm | jobs | validation picks the final checkpoint | test accuracy, last 100 steps (points) |",
+            "| --- | --- | ---: | ---: | ---: |"]
+    for (dataset, algorithm), part in picked.groupby(["dataset", "algorithm"]):
+        dirs = part["output_dir"]
+        arm_rise = rise[rise.index.isin(dirs)]
+        shown = f"{arm_rise.mean():+.1f}" if len(arm_rise) else "–"
+        text.append(f"| {dataset} | {algorithm} | {len(part)} | {int(part['last'].sum())} of {len(part)} | {shown} |")
+    return "\n".join(text)
 
 
 def training_time_text(df: pd.DataFrame) -> str:
