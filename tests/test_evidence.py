@@ -158,12 +158,16 @@ def test_v2_report_main_writes_every_output_without_hparam_records(v2_copy, tmp_
     readme.write_text(f"# x\n\n## Verdict\n\n{report.VERDICT_START}\nold\n{report.VERDICT_END}\n")
     empty = tmp_path / "no_hparam_records"
     empty.mkdir()
-    report.main(["--out", str(tmp_path / "out"), "--hparam_records", str(empty), "--readme", str(readme)])
+    main_readme = tmp_path / "MAIN_README.md"
+    main_readme.write_text(f"# y\n\n{report.SUMMARY_START}\nstale\n{report.SUMMARY_END}\n")
+    report.main(["--out", str(tmp_path / "out"), "--hparam_records", str(empty), "--readme", str(readme),
+                 "--main_readme", str(main_readme)])
+    assert "stale" not in main_readme.read_text() and report.summary_block() in main_readme.read_text()
     for name in ("per_domain_accuracy.png", "gains_per_domain.png", "gains_per_domain_oracle.png", "control.png", "lambda.png"):
         assert (tmp_path / "out" / name).read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "out" / "gains.md").read_text() == report.gains_markdown()
     assert "old" not in readme.read_text() and report.verdict_block() in readme.read_text()
-    with pytest.raises(ValueError, match="no verdict markers"):
+    with pytest.raises(ValueError, match="has no markers"):
         report.update_readme(tmp_path / "out" / "gains.md", "x")
 
 
@@ -178,3 +182,24 @@ def test_v2_training_time_sums_step_time_over_intervals():
     times = report.training_seconds(df).set_index("algorithm")["seconds"]
     assert times["X"] == pytest.approx(2.0 * 1 + 1.0 * 50 + 0.5 * 49)
     assert times["Y"] == pytest.approx(3.0 * 1 + 1.0 * 9)
+
+
+def test_v2_readme_summary_table_regenerates_from_committed_records(v2_copy, monkeypatch):
+    """The repository README's evidence table is what make_report writes from the committed
+    records, and each of its cells is the benchmark-mean cell of gains.md."""
+    monkeypatch.chdir(v2_copy)
+    report = load_v2_report()
+    block = report.summary_block()
+    assert block in (REPO / "README.md").read_text()
+    gains_md = (V2 / "gains.md").read_text()
+    domains, _ = report.sweep_plan()
+    rows = [line for line in block.splitlines() if line.startswith("| ") and " − " in line.split(" | ")[0]]
+    assert len(rows) == len(report.EVIDENCE_COMPARISONS)
+    for row in rows:
+        cells = row.strip("| ").split(" | ")
+        for k, dataset in enumerate(sorted(domains)):
+            section = gains_md.split(f"## {dataset} (")[1].split("### Per test domain")[0]
+            md = next(line for line in section.splitlines() if line.startswith(f"| {cells[0]} |")).strip("| ").split(" | ")
+            train, oracle, n = cells[1 + 3 * k: 4 + 3 * k]
+            assert (train, oracle) == (md[1].replace("-", "−"), md[3].replace("-", "−"))
+            assert n == (md[2] if md[2] == md[4] else f"{md[2]}/{md[4]}")
