@@ -76,6 +76,11 @@ def test_lambda_curve_pairs_runs_by_hparams_seed():
     assert points.loc[1, "test_acc"] == pytest.approx(70.0) and points.loc[2, "test_acc"] == pytest.approx(60.0)
     assert (points["n_domains"] == 2).all()
     fig = plotting_gains.plot_lambda_curve(df)
-    assert fig.axes[0].get_xscale() == "log"
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    # λ in [0.01, 0.1]: whole decades around the points, and no minor tick labels to overlap
+    assert ax.get_xlim() == pytest.approx((1e-3, 1.0))
+    fig.canvas.draw()
+    assert all(not t.get_text() for t in ax.xaxis.get_minorticklabels())
     empty = plotting_gains.plot_lambda_curve(None)
     assert "no hparam-search records yet" in empty.axes[0].texts[0].get_text()

@@ -19,6 +19,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import NullFormatter
 
 from domainbed.lib.paired_gains import AVERAGE, EVIDENCE_COMPARISONS, arm_accuracy, paired_gains
 from domainbed.lib.selection import get_selection_method
@@ -180,6 +181,11 @@ def plot_lambda_curve(
         ax.annotate(f"hp {int(row['hparams_seed'])}", (row[key], row["test_acc"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
+    # whole decades, labelled at their powers of ten only: on a narrow λ range matplotlib
+    # labels the minor ticks too, and those labels overlap
+    lo, hi = np.log10(paired[key].min()) - 0.05, np.log10(paired[key].max()) + 0.05  # no point on an edge
+    ax.set_xlim(10 ** np.floor(lo), 10 ** max(np.ceil(hi), np.floor(lo) + 1))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"{key} drawn by the random search (log scale)")
     ax.set_ylabel("test accuracy, mean over domains run (%)")
     ax.set_title(f"{algorithm}: accuracy against λ ({get_selection_method(selection).title})", fontsize=9)
