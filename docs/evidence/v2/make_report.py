@@ -44,6 +44,7 @@ from domainbed.lib.paired_gains import (  # noqa: E402
     trials_for_se,
 )
 from domainbed.lib.records import load_records  # noqa: E402
+from domainbed.lib.selection import heldout_env_accuracy  # noqa: E402
 from domainbed.model_selection import get_selection_method, prepare_records  # noqa: E402
 from domainbed.reporting import plotting_gains  # noqa: E402
 from domainbed.scripts.collect_results import collect  # noqa: E402
@@ -110,6 +111,17 @@ def training_seconds(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", "algorithm", "seconds"])
 
 
+def benchmark_row(gains: pd.DataFrame, dataset: str, treatment: str, baseline: str) -> pd.Series:
+    """The benchmark-mean row (``test_env == AVERAGE``) of one comparison in a :func:`paired_gains` frame."""
+    return gains[(gains["dataset"] == dataset) & (gains["treatment"] == treatment) & (gains["baseline"] == baseline)
+                 & (gains["test_env"] == AVERAGE)].iloc[0]
+
+
+def n_cell(counts: list[int]) -> str:
+    """n of a comparison under the selection rules: one number when they agree, else ``a/b``."""
+    return str(counts[0]) if len(set(counts)) == 1 else "/".join(map(str, counts))
+
+
 def _domain_names(dataset: str) -> list[str]:
     return list(get_dataset_class(dataset).ENVIRONMENTS)
 
@@ -134,9 +146,7 @@ def gains_markdown(path: str = RECORDS) -> str:
         for treatment, baseline in EVIDENCE_COMPARISONS:
             cells, seeds, counts = [], [], []
             for selection in SELECTIONS:
-                g = gains[selection]
-                row = g[(g["dataset"] == dataset) & (g["treatment"] == treatment) & (g["baseline"] == baseline)
-                        & (g["test_env"] == AVERAGE)].iloc[0]
+                row = benchmark_row(gains[selection], dataset, treatment, baseline)
                 cells += [format_gain(row["mean"], row["se"], int(row["n"])), str(int(row["n"]))]
                 seeds.append(", ".join(map(str, row["trials"])) or "none")
                 counts.append(int(row["n"]))
@@ -180,15 +190,12 @@ def precision_lines(gains: dict[str, pd.DataFrame], domains: dict[str, list[int]
         for treatment, baseline in EVIDENCE_COMPARISONS:
             cells, counts = [], []
             for selection in SELECTIONS:
-                g = gains[selection]
-                row = g[(g["dataset"] == dataset) & (g["treatment"] == treatment) & (g["baseline"] == baseline)
-                        & (g["test_env"] == AVERAGE)].iloc[0]
+                row = benchmark_row(gains[selection], dataset, treatment, baseline)
                 n = int(row["n"])
                 needed = trials_for_se(float(row["se"]), n, SE_TARGET)
                 counts.append(n)
                 cells += ["–", "–"] if needed is None else [f"{row['se'] * n ** 0.5:.1f}", str(needed)]
-            shown = str(counts[0]) if counts[0] == counts[1] else "/".join(map(str, counts))
-            lines.append(f"| {dataset} | {treatment} − {baseline} | {shown} | " + " | ".join(cells) + " |")
+            lines.append(f"| {dataset} | {treatment} − {baseline} | {n_cell(counts)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -197,8 +204,6 @@ def convergence_text(df: pd.DataFrame) -> str:
     validation picks the final checkpoint, and how much the test accuracy still rose over the
     last 100 steps (final checkpoint minus the latest one at least 100 steps earlier). Ordinary checkpoints
     only (SWAD's averaged model is left out)."""
-    from domainbed.lib.selection import heldout_env_accuracy
-
     raw = df[~df["averaged"]].copy()
     raw["test_acc"] = 100.0 * heldout_env_accuracy(raw)
     last_step = raw.groupby("output_dir")["step"].max()
@@ -277,12 +282,10 @@ def summary_block(path: str = RECORDS) -> str:
         for dataset in sorted(domains):
             counts = []
             for selection in SELECTIONS:
-                g = gains[selection]
-                row = g[(g["dataset"] == dataset) & (g["treatment"] == treatment) & (g["baseline"] == baseline)
-                        & (g["test_env"] == AVERAGE)].iloc[0]
+                row = benchmark_row(gains[selection], dataset, treatment, baseline)
                 cells.append(format_gain(row["mean"], row["se"], int(row["n"])).replace("-", "−"))
                 counts.append(int(row["n"]))
-            cells.append(str(counts[0]) if counts[0] == counts[1] else "/".join(map(str, counts)))
+            cells.append(n_cell(counts))
         lines.append(f"| {treatment} − {baseline} | " + " | ".join(cells) + " |")
     lines += ["", SUMMARY_END]
     return "\n".join(lines)
