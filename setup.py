@@ -31,6 +31,7 @@ setup(
         "timm>=1.0.9",
         "numpy>=1.24",
         "pandas>=2.0",
+        "scipy>=1.10",  # Student-t intervals of the paired gains
         "tensorboard>=2.14",
         "tqdm>=4.60",
         "matplotlib>=3.7",

@@ -203,3 +203,34 @@ def test_v2_readme_summary_table_regenerates_from_committed_records(v2_copy, mon
             train, oracle, n = cells[1 + 3 * k: 4 + 3 * k]
             assert (train, oracle) == (md[1].replace("-", "−"), md[3].replace("-", "−"))
             assert n == (md[2] if md[2] == md[4] else f"{md[2]}/{md[4]}")
+
+
+def _sweep_jobs(sweep: str, output_dir: Path) -> dict[tuple, Path]:
+    from domainbed.scripts.sweep import parse_args
+    from domainbed.sweep.jobs import build_jobs
+
+    args = parse_args(["status", "--sweep", sweep, "--output_dir", str(output_dir)])
+    return {(j.train_args["dataset"], j.train_args["algorithm"], tuple(j.train_args["test_envs"]),
+             j.train_args["trial_seed"]): j.output_dir for j in build_jobs(args)}
+
+
+def test_v2_added_trials_reuse_the_main_sweeps_job_folders(tmp_path):
+    """The added-trials sweep is the same jobs with more trials: its first five trials are the
+    main sweep's job folders (so they are not run twice), and its later trials are new."""
+    main = _sweep_jobs("offline_evidence_v2", tmp_path)
+    more = _sweep_jobs("offline_evidence_v2_more_trials", tmp_path)
+    shared = [key for key in more if key[3] < 5]
+    assert len(shared) == 3 * 4 * 5 and len(more) == 3 * 4 * 26
+    assert all(more[key] == main[key] for key in shared)
+    assert not {more[key] for key in more if key[3] >= 5} & set(main.values())
+    assert {key[3] for key in more} == set(range(26))
+
+
+def test_v2_plan_counts_trials_and_jobs_of_both_sweep_files():
+    report = load_v2_report()
+    assert report.planned_trials("OfflineDigits", "ERM_FTLP", "ERM") == 26
+    assert report.planned_trials("OfflineDigits", "ERM_FTLP", "ERM_FTLP_ShuffledPrior") == 26
+    assert report.planned_trials("OfflineDigits", "ERM_FTLP", "MIRO") == 5  # MIRO is not in the added trials
+    assert report.planned_trials("RotatedMNISTSubset", "ERM_FTLP", "ERM") == 5
+    # 8 arms x 5 trials x (4 + 6) domains, plus 3 arms x 21 added trials x 4 domains
+    assert report.planned_jobs() == 8 * 5 * 10 + 3 * 21 * 4

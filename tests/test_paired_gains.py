@@ -10,9 +10,11 @@ import pytest
 from domainbed.lib.paired_gains import (
     AVERAGE,
     arm_accuracy,
+    confidence_interval,
     format_gain,
     mean_se,
     paired_gains,
+    reading,
     trial_gains,
     trials_for_se,
 )
@@ -110,3 +112,25 @@ def test_trials_for_se_from_the_spread_so_far():
     assert trials_for_se(0.5, 0, 0.7) is None
     with pytest.raises(ValueError, match="positive"):
         trials_for_se(0.5, 3, 0.0)
+
+
+def test_confidence_interval_uses_student_t_quantiles():
+    # two-sided 95% quantiles of Student's t from printed tables: df = 4 -> 2.776, df = 1 -> 12.706
+    low, high = confidence_interval(1.0, 0.5, 5)
+    assert low == pytest.approx(1.0 - 2.776 * 0.5, abs=1e-3)
+    assert high == pytest.approx(1.0 + 2.776 * 0.5, abs=1e-3)
+    low, high = confidence_interval(0.0, 1.0, 2)
+    assert (low, high) == pytest.approx((-12.706, 12.706), abs=1e-3)
+    # 90% with df = 25: 1.708
+    assert confidence_interval(0.0, 1.0, 26, level=0.90)[1] == pytest.approx(1.708, abs=1e-3)
+    assert all(math.isnan(x) for x in confidence_interval(1.0, math.nan, 1))
+    with pytest.raises(ValueError, match="level"):
+        confidence_interval(0.0, 1.0, 5, level=95)
+
+
+def test_reading_says_which_arm_is_better_only_when_the_interval_excludes_zero():
+    # n = 5: half-width 2.776 * SE
+    assert reading(1.5, 0.5, 5) == "treatment better"  # interval [0.11, 2.89]
+    assert reading(1.3, 0.5, 5) == "no detectable difference"  # [-0.09, 2.69]: 1.3 > 2 SE would mislead
+    assert reading(-1.5, 0.5, 5) == "baseline better"
+    assert reading(3.0, math.nan, 1) == "too few trials"

@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 # The comparisons of the evidence v2 report (docs/evidence/v2): (treatment, baseline).
 EVIDENCE_COMPARISONS: tuple[tuple[str, str], ...] = (
@@ -153,6 +154,35 @@ def trials_for_se(se: float, n: int, target: float) -> int | None:
     sd = se * math.sqrt(n)
     # the small tolerance keeps an exact hit (sd / sqrt(m) == target) from rounding up a trial
     return max(2, math.ceil((sd / target) ** 2 - 1e-9))
+
+
+def confidence_interval(mean: float, se: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided Student-t interval of a mean over ``n`` paired trials: mean ± t · SE.
+
+    ``t`` is the ``(1 + level) / 2`` quantile of Student's t with n − 1 degrees of freedom,
+    the right width when the SE itself is estimated from the same few trials (for n = 5,
+    t = 2.78, not 1.96). ``(nan, nan)`` when n < 2.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    if n < 2 or math.isnan(se):
+        return math.nan, math.nan
+    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * se
+    return mean - half, mean + half
+
+
+def reading(mean: float, se: float, n: int, level: float = 0.95) -> str:
+    """Plain words for a paired gain: ``"treatment better"`` when its confidence interval
+    (:func:`confidence_interval`) lies above 0, ``"baseline better"`` when below, ``"no
+    detectable difference"`` when it covers 0, ``"too few trials"`` when n < 2."""
+    low, high = confidence_interval(mean, se, n, level)
+    if math.isnan(low):
+        return "too few trials"
+    if low > 0:
+        return "treatment better"
+    if high < 0:
+        return "baseline better"
+    return "no detectable difference"
 
 
 def format_gain(mean: float, se: float, n: int) -> str:
