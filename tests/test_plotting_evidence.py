@@ -74,3 +74,16 @@ def test_arm_accuracy_figure_has_one_panel_per_dataset_and_every_arm(toy):
     assert len(fig.axes) == 2
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert sorted(legend) == ["ERM", "ERM_FTLP", "MIRO", "SWAD", "SWAD_FTLP"]
+
+
+def test_evidence_legends_sit_outside_the_panels(toy):
+    """With eight arms or six comparisons a legend inside a panel hides points: it goes to the right."""
+    for fig in (plotting_gains.plot_paired_gains(toy, "training_domain"), plotting_gains.plot_arm_accuracy(toy)):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            assert legend is not None
+            assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+            # and still on the canvas
+            assert legend.get_window_extent(renderer).x1 <= fig.bbox.x1 + 1

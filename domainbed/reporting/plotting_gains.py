@@ -45,6 +45,11 @@ def _empty_figure(message: str) -> plt.Figure:
     return fig
 
 
+def outside_legend(ax: plt.Axes) -> None:
+    """The legend to the right of the panel: with many arms or comparisons it would hide points."""
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def plot_arm_accuracy(records: Records, selection: str = "training_domain", arms: Sequence[str] | None = None) -> plt.Figure:
     """Test accuracy of every arm per test domain that was run, one panel per dataset."""
     selected = selected_runs(records, selection)
@@ -52,7 +57,7 @@ def plot_arm_accuracy(records: Records, selection: str = "training_domain", arms
         return _empty_figure("no selected runs in these records")
     stats = arm_accuracy(selected)
     datasets = sorted(stats["dataset"].unique())
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.8 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(12.5, 3.8 * len(datasets)), squeeze=False)
     title = get_selection_method(selection).title
     # One colour per arm across panels.
     palette = list(arms or []) + sorted(set(stats["algorithm"]) - set(arms or []))
@@ -76,7 +81,7 @@ def plot_arm_accuracy(records: Records, selection: str = "training_domain", arms
         ax.set_xlabel("test domain")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{dataset}: every arm ({title}; {SE_NOTE})", fontsize=9)
-        ax.legend(fontsize="x-small", ncol=4)
+        outside_legend(ax)
     fig.tight_layout()
     return fig
 
@@ -104,7 +109,7 @@ def plot_paired_gains(
         domains = {str(d): sorted(int(e) for e in part["test_env"].unique()) for d, part in selected.groupby("dataset")}
     gains = paired_gains(selected, comparisons, domains)
     datasets = sorted(gains["dataset"].unique())
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(10, 3.8 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(12.5, 3.8 * len(datasets)), squeeze=False)
     title = get_selection_method(selection).title
     for dataset, ax in zip(datasets, axes[:, 0]):
         part = gains[gains["dataset"] == dataset]
@@ -130,7 +135,7 @@ def plot_paired_gains(
         ax.set_ylabel("paired gain (accuracy points)")
         ax.set_title(f"{dataset}: treatment − baseline ({title}; {SE_NOTE})", fontsize=9)
         if labels:
-            ax.legend(fontsize="x-small")
+            outside_legend(ax)
         if missing:  # under the axis, where it cannot hide a point or the legend
             ax.set_xlabel("no paired trial yet: " + ", ".join(missing), fontsize=7)
     fig.tight_layout()
