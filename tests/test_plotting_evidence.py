@@ -73,7 +73,15 @@ def test_arm_accuracy_figure_has_one_panel_per_dataset_and_every_arm(toy):
     fig = plotting_gains.plot_arm_accuracy(toy, "oracle")
     assert len(fig.axes) == 2
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert sorted(legend) == ["ERM", "ERM_FTLP", "MIRO", "SWAD", "SWAD_FTLP"]
+    # each arm with its number of trials, counted here from the selected runs
+    selected = plotting_gains.selected_runs(toy, "oracle")
+    trials = selected[selected["dataset"] == "ToyA"].groupby(["algorithm", "test_env"])["trial_seed"].nunique()
+    expected = []
+    for algorithm, per_env in trials.groupby(level=0):
+        low, high = int(per_env.min()), int(per_env.max())
+        expected.append(f"{algorithm} (n = {low})" if low == high else f"{algorithm} (n = {low}–{high})")
+    assert sorted(legend) == expected
+    assert [e.split(" ")[0] for e in expected] == ["ERM", "ERM_FTLP", "MIRO", "SWAD", "SWAD_FTLP"]
 
 
 def test_evidence_legends_sit_outside_the_panels(toy):

@@ -51,7 +51,8 @@ def outside_legend(ax: plt.Axes) -> None:
 
 
 def plot_arm_accuracy(records: Records, selection: str = "training_domain", arms: Sequence[str] | None = None) -> plt.Figure:
-    """Test accuracy of every arm per test domain that was run, one panel per dataset."""
+    """Test accuracy of every arm per test domain that was run, one panel per dataset; the
+    legend gives each arm's number of trials (a range when domains differ)."""
     selected = selected_runs(records, selection)
     if selected.empty:
         return _empty_figure("no selected runs in these records")
@@ -74,8 +75,10 @@ def plot_arm_accuracy(records: Records, selection: str = "training_domain", arms
             rows = part[part["algorithm"] == algo].set_index("test_env")
             means = np.array([rows["mean"].get(e, np.nan) for e in envs], dtype=float)
             ses = np.nan_to_num(np.array([rows["se"].get(e, np.nan) for e in envs], dtype=float))
+            counts = sorted({int(n) for n in rows["n"]})
+            n_text = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
             ax.bar(x + (k - (len(order) - 1) / 2) * width, means, width, yerr=ses, capsize=2,
-                   label=algo, color=colors[palette.index(algo) % len(colors)])
+                   label=f"{algo} (n = {n_text})", color=colors[palette.index(algo) % len(colors)])
         ax.set_ylim(max(0.0, float(np.nanmin(part["mean"])) - 10), None)
         ax.set_xticks(x, [names[e] for e in envs])
         ax.set_xlabel("test domain")
