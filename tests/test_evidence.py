@@ -234,3 +234,34 @@ def test_v2_plan_counts_trials_and_jobs_of_both_sweep_files():
     assert report.planned_trials("RotatedMNISTSubset", "ERM_FTLP", "ERM") == 5
     # 8 arms x 5 trials x (4 + 6) domains, plus 3 arms x 21 added trials x 4 domains
     assert report.planned_jobs() == 8 * 5 * 10 + 3 * 21 * 4
+
+
+def test_v2_verdict_rows_agree_with_their_own_intervals_and_the_se_target(v2_copy, monkeypatch):
+    """Each Verdict row: the reading follows the printed interval's sign, the interval is
+    mean ± t(0.975, df = n − 1) · SE from a t quantile table (keyed by df), and the SE column follows the printed SEs."""
+    monkeypatch.chdir(v2_copy)
+    report = load_v2_report()
+    t975 = {4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179,
+            13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 24: 2.064, 25: 2.060}
+    rows = [line.strip("| ").split(" | ") for line in report.verdict_block().splitlines()
+            if line.startswith("| ") and " − " in line and not line.startswith("| benchmark")]
+    assert len(rows) == 2 * len(report.EVIDENCE_COMPARISONS)
+    checked = 0
+    for row in rows:
+        n = int(row[8].split(" of ")[0].split("/")[0])
+        ses = []
+        for gain, interval, said in (row[2:5], row[5:8]):
+            mean, se = (float(x.replace("−", "-")) for x in gain.split(" ± "))
+            low, high = (float(x.replace("−", "-")) for x in interval.strip("[]").split(", "))
+            expected = "treatment better" if low > 0 else "baseline better" if high < 0 else "no detectable difference"
+            if abs(low) >= 0.05 and abs(high) >= 0.05:  # the sign of a printed ±0.0 bound is not readable
+                assert said == expected
+            if n - 1 in t975:  # rounding of mean, SE and bound to 0.1 moves it by at most 0.05 · (t + 2)
+                assert abs(high - (mean + t975[n - 1] * se)) <= 0.05 * (t975[n - 1] + 2) + 1e-9
+                checked += 1
+            ses.append(se)
+        met = row[9]
+        assert met == {(True, True): "yes", (False, False): "no", (True, False): "training-domain only",
+                       (False, True): "oracle only"}[tuple(s <= 0.7 + 0.05 for s in ses)] or any(
+            abs(s - 0.7) <= 0.05 for s in ses)  # an SE printed as 0.7 may lie on either side
+    assert checked > 0
