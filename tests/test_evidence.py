@@ -103,7 +103,7 @@ def test_v2_gains_match_paired_gains_on_the_records(v2_copy, monkeypatch):
     acc = {(r.algorithm, r.dataset, r.trial_seed, r.test_env): 100 * r.test_acc for r in selected.itertuples()}
     gains = report.all_gains(load_records(report.RECORDS).df)["training_domain"]
     text = report.gains_markdown()
-    domains, _ = report.sweep_plan()
+    domains = report.sweep_domains()
     for (treatment, baseline), dataset in [(c, d) for c in report.EVIDENCE_COMPARISONS for d in domains]:
         per_trial = []
         for trial in sorted({k[2] for k in acc}):
@@ -192,7 +192,7 @@ def test_v2_readme_summary_table_regenerates_from_committed_records(v2_copy, mon
     block = report.summary_block()
     assert block in (REPO / "README.md").read_text()
     gains_md = (V2 / "gains.md").read_text()
-    domains, _ = report.sweep_plan()
+    domains = report.sweep_domains()
     rows = [line for line in block.splitlines() if line.startswith("| ") and " − " in line.split(" | ")[0]]
     assert len(rows) == len(report.EVIDENCE_COMPARISONS)
     for row in rows:
