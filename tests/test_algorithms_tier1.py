@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from domainbed import hparams_registry
 from domainbed.algorithms import get_algorithm_class
+from domainbed.algorithms._support import domain_risks, mean_over_domain_pairs, pool
 from domainbed.algorithms.arm import group_context, widen_input_conv
 from domainbed.algorithms.dann import class_balanced_weights, input_gradient_penalty, is_discriminator_step
 from domainbed.algorithms.groupdro import groupdro_weights
@@ -24,6 +25,7 @@ from domainbed.algorithms.sagnet import randomize_content, randomize_style
 from domainbed.algorithms.vrex import vrex_penalty
 from domainbed.datasets import build_dataset
 from domainbed.lib.checkpoint import atomic_torch_save, safe_load
+from domainbed.lib.penalties import coral_penalty
 
 
 # ---------------------------------------------------------------- penalties and rules
@@ -77,6 +79,43 @@ def test_mmd_penalty_matches_double_loop():
     expected = mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y)
     assert mmd_penalty(x, y, gammas).item() == pytest.approx(expected, rel=1e-9)
     assert mmd_penalty(x, x, gammas).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_domain_risks_are_each_domains_cross_entropy():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(9, 4, generator=g)
+    y = torch.randint(0, 4, (9,), generator=g)
+    sizes = [2, 4, 3]
+    expected, lo = [], 0
+    for n in sizes:
+        # log-softmax by hand, row by row
+        rows = [-(logits[i, y[i]] - torch.logsumexp(logits[i], 0)).item() for i in range(lo, lo + n)]
+        expected.append(sum(rows) / n)
+        lo += n
+    assert domain_risks(logits, y, sizes).tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mean_over_domain_pairs_averages_every_unordered_pair_once():
+    per_domain = [torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([4.0])]
+    calls = []
+
+    def gap(a, b):
+        calls.append((a.item(), b.item()))
+        return (b - a).sum()
+
+    # pairs (1,2), (1,4), (2,4): gaps 1, 3, 2
+    assert mean_over_domain_pairs(per_domain, gap).item() == pytest.approx(2.0)
+    assert calls == [(1.0, 2.0), (1.0, 4.0), (2.0, 4.0)]
+    single = mean_over_domain_pairs([torch.ones(3, dtype=torch.bfloat16)], gap)
+    assert single.item() == 0.0 and single.dtype == torch.float32 and single.dim() == 0
+    with pytest.raises(ValueError, match="at least one domain"):
+        mean_over_domain_pairs([], gap)
+
+
+def test_pool_concatenates_in_domain_order_and_reports_sizes():
+    mb = [(torch.full((2, 1), 0.0), torch.tensor([0, 1])), (torch.full((3, 1), 1.0), torch.tensor([2, 2, 2]))]
+    x, y, sizes = pool(mb)
+    assert x.squeeze(1).tolist() == [0.0, 0.0, 1.0, 1.0, 1.0] and y.tolist() == [0, 1, 2, 2, 2] and sizes == [2, 3]
 
 
 def test_rsc_masks_match_numpy_percentiles():
@@ -174,6 +213,21 @@ def test_penalty_weight_switches_and_adam_resets_at_the_anneal_step(debug28, nam
     assert weights == [1.0, 1.0, 1000.0]
     assert adam_steps(alg, params) == {1}, "Adam's state is reset when the weight jumps"
     assert alg.update_count.value == 3 and int(alg.state_dict()["update_count.count"]) == 3
+
+
+@pytest.mark.parametrize("name, penalty", [("CORAL", coral_penalty), ("MMD", mmd_penalty)])
+def test_pairwise_penalty_loss_is_mean_risk_plus_gamma_times_mean_pair_penalty(debug28, name, penalty):
+    alg = make(name, debug28, n_domains=3, mmd_gamma=0.7).eval()
+    mb = batches(debug28, domains=(0, 1, 2), n=6)
+    with torch.no_grad():
+        loss, logs, _ = alg.compute_loss(mb)
+        # Independently: each domain through the network on its own (eval mode: no batch statistics).
+        feats = [alg.featurizer(x) for x, _ in mb]
+        risks = [F.cross_entropy(alg.classifier(f), y).item() for f, (_, y) in zip(feats, mb)]
+        pairs = [penalty(feats[i], feats[j]).item() for i, j in ((0, 1), (0, 2), (1, 2))]
+    expected = sum(risks) / 3 + 0.7 * sum(pairs) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    assert logs["loss_ce"].item() == pytest.approx(sum(risks) / 3, rel=1e-4)
 
 
 def test_groupdro_upweights_the_worst_domain(debug28):

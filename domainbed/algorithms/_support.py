@@ -1,14 +1,18 @@
-"""Small helpers several algorithms share: pooling per-domain minibatches, restarting Adam.
+"""Small helpers several algorithms share: pooling per-domain minibatches, per-domain risks,
+penalties averaged over domain pairs, restarting Adam.
 
 A private module (its name starts with ``_``): the package does not scan it for algorithms.
 """
 
 from __future__ import annotations
 
+from itertools import combinations
+from typing import Callable, Sequence
+
 import torch
 from torch import nn
 
-from domainbed.algorithms.base import Algorithm, Minibatches
+from domainbed.algorithms.base import Algorithm, Minibatches, cross_entropy
 
 
 def pool(minibatches: Minibatches) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -16,6 +20,28 @@ def pool(minibatches: Minibatches) -> tuple[torch.Tensor, torch.Tensor, list[int
     x = torch.cat([x for x, _ in minibatches])
     y = torch.cat([y for _, y in minibatches])
     return x, y, [len(y) for _, y in minibatches]
+
+
+def domain_risks(logits: torch.Tensor, y: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Cross-entropy of each domain's minibatch, shape ``(len(sizes),)``, from pooled logits
+    and labels split by ``sizes`` (as :func:`pool` returns them)."""
+    return torch.stack([cross_entropy(lg, t) for lg, t in zip(torch.split(logits, list(sizes)), torch.split(y, list(sizes)))])
+
+
+def mean_over_domain_pairs(
+    per_domain: Sequence[torch.Tensor], penalty: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Mean of ``penalty(a, b)`` over the unordered pairs of domains (CORAL, MMD).
+
+    With a single domain there is no pair: the penalty is a float32 zero, so the loss keeps
+    its dtype and graph.
+    """
+    if not per_domain:
+        raise ValueError("mean_over_domain_pairs needs at least one domain's features")
+    pairs = list(combinations(range(len(per_domain)), 2))
+    if not pairs:
+        return per_domain[0].new_zeros((), dtype=torch.float32)
+    return torch.stack([penalty(per_domain[i], per_domain[j]) for i, j in pairs]).mean()
 
 
 def restart_optimizer(algorithm: Algorithm, lr: float | None = None) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from domainbed.algorithms._support import pool
 from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches, Predictor, cross_entropy
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.hparam import HParam, PerFamily, pow2_int
@@ -95,9 +96,7 @@ class ARM(Algorithm):
         return torch.cat([x, context.to(x.dtype)], dim=1)
 
     def compute_loss(self, minibatches: Minibatches) -> LossOutput:
-        sizes = [len(x) for x, _ in minibatches]
-        x = torch.cat([x for x, _ in minibatches])
-        y = torch.cat([y for _, y in minibatches])
+        x, y, sizes = pool(minibatches)
         context = self.context_net(x)
         # One context per domain's minibatch.
         context = torch.cat([c.mean(0, keepdim=True).expand_as(c) for c in torch.split(context, sizes)])

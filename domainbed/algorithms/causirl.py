@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from domainbed.algorithms._support import pool
-from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches, cross_entropy
+from domainbed.algorithms._support import domain_risks, pool
+from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.hparam import HParam, log_uniform
 from domainbed.lib.penalties import coral_penalty
@@ -57,7 +57,7 @@ class _CausIRLBase(Algorithm):
         x, y, sizes = pool(minibatches)
         feats = self.featurize(x)
         logits = self.classifier(feats.final)
-        ce = torch.stack([cross_entropy(lg, t) for lg, t in zip(torch.split(logits, sizes), torch.split(y, sizes))]).mean()
+        ce = domain_risks(logits, y, sizes).mean()
         # Each domain's cut is uniform in [0, n_i), drawn on the CPU: no device synchronisation.
         cuts = [int(torch.randint(0, n, ())) for n in sizes]
         first, second = causirl_halves(torch.split(feats.final, sizes), cuts)

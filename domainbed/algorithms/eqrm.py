@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from domainbed.algorithms._support import StepCounter, pool, restart_optimizer
-from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches, cross_entropy
+from domainbed.algorithms._support import StepCounter, domain_risks, pool, restart_optimizer
+from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.hparam import HParam, log_uniform, uniform
 
@@ -75,7 +75,7 @@ class EQRM(Algorithm):
         x, y, sizes = pool(minibatches)
         feats = self.featurize(x)
         logits = self.classifier(feats.final)
-        risks = torch.stack([cross_entropy(lg, t) for lg, t in zip(torch.split(logits, sizes), torch.split(y, sizes))])
+        risks = domain_risks(logits, y, sizes)
         step = self.steps.value
         burnin = float(self.hparams["eqrm_burnin_iters"])
         if step < burnin:

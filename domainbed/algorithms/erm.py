@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from domainbed.algorithms._support import pool
 from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches, cross_entropy
 from domainbed.algorithms.registry import register_algorithm
 
@@ -15,8 +14,7 @@ class ERM(Algorithm):
     EXPOSES_FEATURES = True
 
     def compute_loss(self, minibatches: Minibatches) -> LossOutput:
-        x = torch.cat([x for x, _ in minibatches])
-        y = torch.cat([y for _, y in minibatches])
+        x, y, _ = pool(minibatches)
         feats = self.featurize(x)
         logits = self.classifier(feats.final)
         loss = cross_entropy(logits, y)

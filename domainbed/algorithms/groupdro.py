@@ -13,7 +13,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches, cross_entropy
+from domainbed.algorithms._support import domain_risks, pool
+from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.hparam import HParam, log_uniform
 
@@ -41,12 +42,10 @@ class GroupDRO(Algorithm):
     def compute_loss(self, minibatches: Minibatches) -> LossOutput:
         if len(minibatches) != self.num_domains:
             raise ValueError(f"GroupDRO was built for {self.num_domains} training domains but got {len(minibatches)} minibatches")
-        sizes = [len(x) for x, _ in minibatches]
-        x = torch.cat([x for x, _ in minibatches])
-        y = torch.cat([y for _, y in minibatches])
+        x, y, sizes = pool(minibatches)
         feats = self.featurize(x)
         logits = self.classifier(feats.final)
-        losses = torch.stack([cross_entropy(l, t) for l, t in zip(torch.split(logits, sizes), torch.split(y, sizes))])
+        losses = domain_risks(logits, y, sizes)
         q = groupdro_weights(self.q, losses, float(self.hparams["groupdro_eta"]))
         self.q.copy_(q)
         loss = (q * losses).sum()

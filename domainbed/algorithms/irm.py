@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from domainbed.algorithms._support import pool
 from domainbed.algorithms.annealing import AnnealedPenalty, int_log_uniform
 from domainbed.algorithms.base import LossOutput, Minibatches, cross_entropy
 from domainbed.algorithms.registry import register_algorithm
@@ -56,9 +57,7 @@ class IRM(AnnealedPenalty):
     }
 
     def compute_loss(self, minibatches: Minibatches) -> LossOutput:
-        sizes = [len(x) for x, _ in minibatches]
-        x = torch.cat([x for x, _ in minibatches])
-        y = torch.cat([y for _, y in minibatches])
+        x, y, sizes = pool(minibatches)
         feats = self.featurize(x)
         logits = self.classifier(feats.final)
         per_domain = list(zip(torch.split(logits, sizes), torch.split(y, sizes)))

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from domainbed.algorithms._support import pool
 from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches, cross_entropy
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.hparam import HParam, uniform
@@ -46,8 +47,7 @@ class RSC(Algorithm):
     }
 
     def compute_loss(self, minibatches: Minibatches) -> LossOutput:
-        x = torch.cat([x for x, _ in minibatches])
-        y = torch.cat([y for _, y in minibatches])
+        x, y, _ = pool(minibatches)
         feats = self.featurize(x)
         f = feats.final
         logits = self.classifier(f)

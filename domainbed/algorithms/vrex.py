@@ -6,11 +6,11 @@ for a warm-up and ``vrex_lambda`` afterwards, with Adam reset at the switch.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
+from domainbed.algorithms._support import domain_risks, pool
 from domainbed.algorithms.annealing import AnnealedPenalty, int_log_uniform
-from domainbed.algorithms.base import LossOutput, Minibatches, cross_entropy
+from domainbed.algorithms.base import LossOutput, Minibatches
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.hparam import HParam, log_uniform
 
@@ -36,12 +36,10 @@ class VREx(AnnealedPenalty):
     }
 
     def compute_loss(self, minibatches: Minibatches) -> LossOutput:
-        sizes = [len(x) for x, _ in minibatches]
-        x = torch.cat([x for x, _ in minibatches])
-        y = torch.cat([y for _, y in minibatches])
+        x, y, sizes = pool(minibatches)
         feats = self.featurize(x)
         logits = self.classifier(feats.final)
-        losses = torch.stack([cross_entropy(l, t) for l, t in zip(torch.split(logits, sizes), torch.split(y, sizes))])
+        losses = domain_risks(logits, y, sizes)
         mean = losses.mean()
         penalty = vrex_penalty(losses)
         loss = mean + self.penalty_weight() * penalty
