@@ -184,6 +184,17 @@ def test_v2_training_time_sums_step_time_over_intervals():
     assert times["Y"] == pytest.approx(3.0 * 1 + 1.0 * 9)
 
 
+def test_v2_compute_table_gives_each_arms_total_and_median_job():
+    report = load_v2_report()
+    import pandas as pd
+
+    # Arm X: three one-checkpoint jobs of 10, 20 and 600 s (a slowed job moves the total, not the median).
+    df = pd.DataFrame({"output_dir": ["a", "b", "c", "d"], "dataset": "D", "algorithm": ["X", "X", "X", "Y"],
+                       "step": [9, 9, 9, 4], "step_time": [1.0, 2.0, 60.0, 0.5], "averaged": [False] * 4})
+    rows = [line for line in report.training_time_text(df).splitlines() if line.startswith("| D |")]
+    assert rows == ["| D | X | 3 | 630 | 20 |", "| D | Y | 1 | 2 | 2 |"]
+
+
 def test_v2_readme_summary_table_regenerates_from_committed_records(v2_copy, monkeypatch):
     """The repository README's evidence table is what make_report writes from the committed
     records, and each of its cells is the benchmark-mean cell of gains.md."""

@@ -274,10 +274,13 @@ def training_time_text(df: pd.DataFrame) -> str:
     total = times["seconds"].sum()
     text = [f"{len(times)} jobs, {total:,.0f} s ({total / 3600:.2f} h) of training time in total: the sum over jobs "
             "of `step_time` × steps per checkpoint interval, the only per-job time the records carry "
-            "(evaluation and start-up are not included, so the wall time was longer).", "",
-            "| benchmark | arm | jobs | training time (s) |", "| --- | --- | ---: | ---: |"]
+            "(evaluation and start-up are not included, so the wall time was longer). The machine was "
+            "shared with other work, so a few jobs ran many times slower than the rest; compare arms' "
+            "costs by the median job, which such jobs barely move.", "",
+            "| benchmark | arm | jobs | training time (s) | median job (s) |", "| --- | --- | ---: | ---: | ---: |"]
     for (dataset, algorithm), part in times.groupby(["dataset", "algorithm"]):
-        text.append(f"| {dataset} | {algorithm} | {len(part)} | {part['seconds'].sum():,.0f} |")
+        text.append(f"| {dataset} | {algorithm} | {len(part)} | {part['seconds'].sum():,.0f} | "
+                    f"{part['seconds'].median():,.0f} |")
     return "\n".join(text)
 
 
