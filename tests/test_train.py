@@ -154,10 +154,14 @@ def test_sigterm_saves_checkpoint_and_exits_143(tmp_path):
     proc.send_signal(signal.SIGTERM)  # pending while stopped; handled once continued
     proc.send_signal(signal.SIGCONT)
     assert proc.wait(timeout=120) == train.EXIT_PREEMPTED
-    assert safe_load(out / "checkpoint.pt")["step"] == 30 and not (out / "done").exists()
-    assert "SIGTERM received: checkpoint saved at step 30" in (out / "err.txt").read_text()
+    # SIGTERM is sent to the process, and the kernel may hand it to one of torch's threads;
+    # the main thread then sees the flag a moment later, sometimes only after finishing
+    # step 31. Either way the checkpoint is the step the notice was seen in, between evaluations.
+    saved = safe_load(out / "checkpoint.pt")["step"]
+    assert saved in (30, 31) and not (out / "done").exists()
+    assert f"SIGTERM received: checkpoint saved at step {saved}" in (out / "err.txt").read_text()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    assert "Resuming from step 31 (1 records kept)" in (out / "out.txt").read_text()
+    assert f"Resuming from step {saved + 1} (1 records kept)" in (out / "out.txt").read_text()
     assert [r["step"] for r in read_jsonl(out / "results.jsonl")] == [0, 50, 59]
 
 
