@@ -33,8 +33,8 @@ def mean_over_domain_pairs(
 ) -> torch.Tensor:
     """Mean of ``penalty(a, b)`` over the unordered pairs of domains (CORAL, MMD).
 
-    With a single domain there is no pair: the penalty is a float32 zero, so the loss keeps
-    its dtype and graph.
+    With a single domain there is no pair: the penalty is a float32 zero (the dtype of the
+    risks), so adding it leaves the loss unchanged.
     """
     if not per_domain:
         raise ValueError("mean_over_domain_pairs needs at least one domain's features")
