@@ -10,8 +10,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from domainbed.algorithms._support import StepCounter, pool, restart_optimizer
-from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches, cross_entropy
+from domainbed.algorithms._support import StepCounter, domain_risks, pool, restart_optimizer
+from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.hparam import HParam, log_uniform
 
@@ -72,7 +72,7 @@ class IB_ERM(Algorithm):
         logits = self.classifier(feats.final)
         step = self.steps.value
         per_logits, per_y = torch.split(logits, sizes), torch.split(y, sizes)
-        nll = torch.stack([cross_entropy(lg, t) for lg, t in zip(per_logits, per_y)]).mean()
+        nll = domain_risks(logits, y, sizes).mean()
         penalty, logs = self.penalties(step, list(per_logits), list(per_y), list(torch.split(feats.final, sizes)))
         if step in self.restart_steps():
             restart_optimizer(self)

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from domainbed.algorithms._support import pool
+from domainbed.algorithms._support import domain_risks, pool
 from domainbed.algorithms.annealing import AnnealedPenalty, int_log_uniform
-from domainbed.algorithms.base import LossOutput, Minibatches, cross_entropy
+from domainbed.algorithms.base import LossOutput, Minibatches
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, log_uniform
@@ -61,7 +61,7 @@ class IRM(AnnealedPenalty):
         feats = self.featurize(x)
         logits = self.classifier(feats.final)
         per_domain = list(zip(torch.split(logits, sizes), torch.split(y, sizes)))
-        nll = torch.stack([cross_entropy(l, t) for l, t in per_domain]).mean()
+        nll = domain_risks(logits, y, sizes).mean()
         penalty = torch.stack([irm_penalty(l, t) for l, t in per_domain]).mean()
         loss = nll + self.penalty_weight() * penalty
         logs = {"loss_ce": nll.detach(), "penalty_irm": penalty.detach()}
