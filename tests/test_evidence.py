@@ -225,26 +225,52 @@ def _sweep_jobs(sweep: str, output_dir: Path) -> dict[tuple, Path]:
              j.train_args["trial_seed"]): j.output_dir for j in build_jobs(args)}
 
 
-def test_v2_added_trials_reuse_the_main_sweeps_job_folders(tmp_path):
-    """The added-trials sweep is the same jobs with more trials: its first five trials are the
+@pytest.mark.parametrize("name, datasets, arms, n_trials", [
+    ("offline_evidence_v2_more_trials", 1, 3, 26),
+    ("offline_evidence_v2_more_trials_digits", 1, 5, 16),
+    ("offline_evidence_v2_more_trials_rotated", 1, 3, 16),
+])
+def test_v2_added_trials_reuse_the_main_sweeps_job_folders(tmp_path, name, datasets, arms, n_trials):
+    """An added-trials sweep is the same jobs with more trials: its first five trials are the
     main sweep's job folders (so they are not run twice), and its later trials are new."""
     main = _sweep_jobs("offline_evidence_v2", tmp_path)
-    more = _sweep_jobs("offline_evidence_v2_more_trials", tmp_path)
+    more = _sweep_jobs(name, tmp_path)
+    n_domains = {"OfflineDigits": 4, "RotatedMNISTSubset": 6}
+    assert len({key[0] for key in more}) == datasets and len({key[1] for key in more}) == arms
     shared = [key for key in more if key[3] < 5]
-    assert len(shared) == 3 * 4 * 5 and len(more) == 3 * 4 * 26
+    assert len(shared) == arms * n_domains[next(iter(more))[0]] * 5
+    assert len(more) == arms * n_domains[next(iter(more))[0]] * n_trials
     assert all(more[key] == main[key] for key in shared)
     assert not {more[key] for key in more if key[3] >= 5} & set(main.values())
-    assert {key[3] for key in more} == set(range(26))
+    assert {key[3] for key in more} == set(range(n_trials))
 
 
-def test_v2_plan_counts_trials_and_jobs_of_both_sweep_files():
+def test_v2_added_trials_files_agree_where_they_overlap(tmp_path):
+    """Every job (benchmark, arm, test domain, trial) has one folder whichever sweep file
+    plans it, so a job two files share runs once."""
+    folders: dict[tuple, str] = {}
+    for name in ("offline_evidence_v2", "offline_evidence_v2_more_trials",
+                 "offline_evidence_v2_more_trials_digits", "offline_evidence_v2_more_trials_rotated"):
+        for key, folder in _sweep_jobs(name, tmp_path).items():
+            assert folders.setdefault(key, folder) == folder, (name, key)
+    assert len(set(folders.values())) == len(folders)
+
+
+def test_v2_plan_counts_trials_and_jobs_of_every_sweep_file():
     report = load_v2_report()
     assert report.planned_trials("OfflineDigits", "ERM_FTLP", "ERM") == 26
     assert report.planned_trials("OfflineDigits", "ERM_FTLP", "ERM_FTLP_ShuffledPrior") == 26
-    assert report.planned_trials("OfflineDigits", "ERM_FTLP", "MIRO") == 5  # MIRO is not in the added trials
-    assert report.planned_trials("RotatedMNISTSubset", "ERM_FTLP", "ERM") == 5
-    # 8 arms x 5 trials x (4 + 6) domains, plus 3 arms x 21 added trials x 4 domains
-    assert report.planned_jobs() == 8 * 5 * 10 + 3 * 21 * 4
+    # ERM_FTLP has 26 trials there, MIRO 16: a paired comparison has as many as its scarcer arm
+    assert report.planned_trials("OfflineDigits", "ERM_FTLP", "MIRO") == 16
+    assert report.planned_trials("OfflineDigits", "MIRO", "ERM") == 16
+    assert report.planned_trials("OfflineDigits", "CORAL_FTLP", "CORAL") == 16
+    assert report.planned_trials("RotatedMNISTSubset", "ERM_FTLP", "ERM") == 16
+    assert report.planned_trials("RotatedMNISTSubset", "ERM_FTLP", "ERM_FTLP_ShuffledPrior") == 5
+    assert report.planned_trials("RotatedMNISTSubset", "SWAD_FTLP", "SWAD") == 5
+    assert report.planned_trials("OfflineDigits", "ERM", "NotAnArm") == 0
+    # 8 arms x 5 trials x (4 + 6) domains; added: 3 arms x 21 trials x 4 domains (OfflineDigits),
+    # 5 arms x 11 trials x 4 domains (OfflineDigits), 3 arms x 11 trials x 6 domains (RotatedMNISTSubset)
+    assert report.planned_jobs() == 8 * 5 * 10 + 3 * 21 * 4 + 5 * 11 * 4 + 3 * 11 * 6
 
 
 def test_v2_verdict_rows_agree_with_their_own_intervals_and_the_se_target(v2_copy, monkeypatch):

@@ -16,8 +16,8 @@ Run from the repository root (the tables print the records path as given). Write
   control.png, lambda.png (ERM_FTLP against its sampled λ, from the hparam search);
 * the Verdict block of README.md between its markers: each benchmark-mean gain with its 95%
   interval and reading, headed "Pending" while planned trials are missing (the trials planned
-  are those of sweeps/offline_evidence_v2.json plus the added ones of
-  sweeps/offline_evidence_v2_more_trials.json);
+  are those of sweeps/offline_evidence_v2.json plus the added ones of the
+  sweeps/offline_evidence_v2_more_trials*.json files listed in ``ADDED_TRIALS``);
 * the summary table of the repository README ("Does FT-LP help?") between its markers.
 """
 
@@ -57,8 +57,10 @@ from domainbed.scripts.collect_results import collect  # noqa: E402
 RECORDS = "docs/evidence/v2/records"
 HPARAM_RECORDS = "docs/evidence/v2/hparam_records"
 SWEEP = REPO / "sweeps" / "offline_evidence_v2.json"
-# Trials added where the first five were too few for SE_TARGET (same jobs, more trials; same records folder).
-MORE_TRIALS = REPO / "sweeps" / "offline_evidence_v2_more_trials.json"
+# Trials added where the first five were too few for SE_TARGET (same jobs, more trials; same records
+# folder), in the order they were planned: each round was sized from the spread of the trials before it.
+ADDED_TRIALS = tuple(REPO / "sweeps" / f"offline_evidence_v2_more_trials{suffix}.json"
+                     for suffix in ("", "_digits", "_rotated"))
 SELECTIONS = ("training_domain", "oracle")
 CONTROL = ("ERM_FTLP", "ERM_FTLP_ShuffledPrior")
 SE_TARGET = 0.7  # points: the precision the evidence issue asks of each benchmark-mean paired gain
@@ -83,21 +85,23 @@ SE_CONVENTION = (
 
 def sweep_domains() -> dict[str, list[int]]:
     """Every test domain of each benchmark of the main sweep file (the trials planned come
-    from both sweep files: :func:`planned_trials`)."""
+    from every sweep file: :func:`planned_trials`)."""
     spec = json.loads(SWEEP.read_text())
     return {d: list(range(len(get_dataset_class(d).ENVIRONMENTS))) for d in spec["datasets"]}
 
 
 def _plans() -> list[tuple[str, dict]]:
-    """(file name, spec) of the main sweep file and of the added-trials one."""
-    return [(p.name, json.loads(p.read_text())) for p in (SWEEP, MORE_TRIALS)]
+    """(file name, spec) of the main sweep file and of each added-trials one."""
+    return [(p.name, json.loads(p.read_text())) for p in (SWEEP, *ADDED_TRIALS)]
 
 
 def planned_trials(dataset: str, treatment: str, baseline: str) -> int:
-    """Trials planned for one comparison on one benchmark: the most that any sweep file plans
-    with both arms on it."""
-    return max(int(spec["n_trials"]) for _, spec in _plans()
-               if dataset in spec["datasets"] and {treatment, baseline} <= set(spec["algorithms"]))
+    """Trials planned for one comparison on one benchmark: each arm gets the most trials any
+    sweep file plans for it there, and a paired comparison has as many as its scarcer arm."""
+    def arm_trials(arm: str) -> int:
+        return max((int(spec["n_trials"]) for _, spec in _plans()
+                    if dataset in spec["datasets"] and arm in spec["algorithms"]), default=0)
+    return min(arm_trials(treatment), arm_trials(baseline))
 
 
 def planned_jobs() -> int:
