@@ -225,21 +225,20 @@ def _sweep_jobs(sweep: str, output_dir: Path) -> dict[tuple, Path]:
              j.train_args["trial_seed"]): j.output_dir for j in build_jobs(args)}
 
 
-@pytest.mark.parametrize("name, datasets, arms, n_trials", [
-    ("offline_evidence_v2_more_trials", 1, 3, 26),
-    ("offline_evidence_v2_more_trials_digits", 1, 5, 16),
-    ("offline_evidence_v2_more_trials_rotated", 1, 3, 16),
+@pytest.mark.parametrize("name, dataset, arms, n_trials", [
+    ("offline_evidence_v2_more_trials", "OfflineDigits", 3, 26),
+    ("offline_evidence_v2_more_trials_digits", "OfflineDigits", 5, 16),
+    ("offline_evidence_v2_more_trials_rotated", "RotatedMNISTSubset", 3, 16),
 ])
-def test_v2_added_trials_reuse_the_main_sweeps_job_folders(tmp_path, name, datasets, arms, n_trials):
+def test_v2_added_trials_reuse_the_main_sweeps_job_folders(tmp_path, name, dataset, arms, n_trials):
     """An added-trials sweep is the same jobs with more trials: its first five trials are the
     main sweep's job folders (so they are not run twice), and its later trials are new."""
     main = _sweep_jobs("offline_evidence_v2", tmp_path)
     more = _sweep_jobs(name, tmp_path)
-    n_domains = {"OfflineDigits": 4, "RotatedMNISTSubset": 6}
-    assert len({key[0] for key in more}) == datasets and len({key[1] for key in more}) == arms
+    n_domains = {"OfflineDigits": 4, "RotatedMNISTSubset": 6}[dataset]
+    assert {key[0] for key in more} == {dataset} and len({key[1] for key in more}) == arms
     shared = [key for key in more if key[3] < 5]
-    assert len(shared) == arms * n_domains[next(iter(more))[0]] * 5
-    assert len(more) == arms * n_domains[next(iter(more))[0]] * n_trials
+    assert len(shared) == arms * n_domains * 5 and len(more) == arms * n_domains * n_trials
     assert all(more[key] == main[key] for key in shared)
     assert not {more[key] for key in more if key[3] >= 5} & set(main.values())
     assert {key[3] for key in more} == set(range(n_trials))
