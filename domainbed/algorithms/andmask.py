@@ -75,11 +75,8 @@ class ANDMask(Algorithm):
         return and_mask(grads, float(self.hparams["tau"]))
 
     def update(self, minibatches: Minibatches, unlabeled: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        if self.optimizer is None:
-            self.setup()
+        minibatches = self.begin_update(minibatches)
         assert self.optimizer is not None and self.scaler is not None
-        minibatches = [(self.prepare_input(x), y.to(self.device, non_blocking=True)) for x, y in minibatches]
-        self.train()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         # The masks see true gradients: SAND-mask's variance is not invariant to the loss scale.
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0

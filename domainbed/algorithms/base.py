@@ -141,13 +141,20 @@ class Algorithm(nn.Module):
         carries what a wrapper may reuse (``x``, ``y``, ``features``, ``logits``)."""
         raise NotImplementedError
 
-    def update(self, minibatches: Minibatches, unlabeled: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """One optimizer step; returns detached 0-dim tensors (``loss`` and the loss terms)."""
+    def begin_update(self, minibatches: Minibatches) -> Minibatches:
+        """The start of every optimizer step: set up on first use, move the batches to the
+        device (in the input layout :meth:`setup` chose) and switch to training mode."""
         if self.optimizer is None:
             self.setup()
         assert self.optimizer is not None and self.scaler is not None
         minibatches = [(self.prepare_input(x), y.to(self.device, non_blocking=True)) for x, y in minibatches]
         self.train()
+        return minibatches
+
+    def update(self, minibatches: Minibatches, unlabeled: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """One optimizer step; returns detached 0-dim tensors (``loss`` and the loss terms)."""
+        minibatches = self.begin_update(minibatches)
+        assert self.optimizer is not None and self.scaler is not None
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             loss, logs, _ = self.compute_loss(minibatches)

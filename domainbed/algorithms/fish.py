@@ -64,11 +64,8 @@ class Fish(Algorithm):
         return ([meta[i] for i in floats], [inner[i] for i in floats], [meta[i] for i in others], [inner[i] for i in others])
 
     def update(self, minibatches: Minibatches, unlabeled: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        if self.optimizer is None:
-            self.setup()
+        minibatches = self.begin_update(minibatches)
         assert self.optimizer is not None and self.scaler is not None
-        minibatches = [(self.prepare_input(x), y.to(self.device, non_blocking=True)) for x, y in minibatches]
-        self.train()
         meta_f, inner_f, meta_o, inner_o = self._pairs()
         with torch.no_grad():  # the inner model starts from the current weights
             torch._foreach_copy_(inner_f, meta_f)

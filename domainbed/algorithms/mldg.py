@@ -59,14 +59,11 @@ class MLDG(Algorithm):
         return [p for p in network.parameters() if p.requires_grad]
 
     def update(self, minibatches: Minibatches, unlabeled: list[Tensor] | None = None) -> dict[str, Tensor]:
-        if self.optimizer is None:
-            self.setup()
-        assert self.optimizer is not None and self.scaler is not None
         n = len(minibatches)
         if n < 2:
             raise UserError("MLDG needs at least 2 training domains (one meta-train, one meta-test)")
-        minibatches = [(self.prepare_input(x), y.to(self.device, non_blocking=True)) for x, y in minibatches]
-        self.train()
+        minibatches = self.begin_update(minibatches)
+        assert self.optimizer is not None and self.scaler is not None
         self.optimizer.zero_grad(set_to_none=True)  # before the copies: they need no gradients
         h = self.hparams
         beta, lr, wd = float(h["mldg_beta"]), float(h["lr"]), float(h["weight_decay"])
