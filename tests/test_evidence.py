@@ -229,6 +229,7 @@ def _sweep_jobs(sweep: str, output_dir: Path) -> dict[tuple, Path]:
     ("offline_evidence_v2_more_trials", "OfflineDigits", 3, 26),
     ("offline_evidence_v2_more_trials_digits", "OfflineDigits", 5, 16),
     ("offline_evidence_v2_more_trials_rotated", "RotatedMNISTSubset", 3, 16),
+    ("offline_evidence_v2_more_trials_digits_round3", "OfflineDigits", 5, 20),
 ])
 def test_v2_added_trials_reuse_the_main_sweeps_job_folders(tmp_path, name, dataset, arms, n_trials):
     """An added-trials sweep is the same jobs with more trials: its first five trials are the
@@ -248,8 +249,10 @@ def test_v2_added_trials_files_agree_where_they_overlap(tmp_path):
     """Every job (benchmark, arm, test domain, trial) has one folder whichever sweep file
     plans it, so a job two files share runs once."""
     folders: dict[tuple, str] = {}
-    for name in ("offline_evidence_v2", "offline_evidence_v2_more_trials",
-                 "offline_evidence_v2_more_trials_digits", "offline_evidence_v2_more_trials_rotated"):
+    report = load_v2_report()
+    names = [path.stem for path in (report.SWEEP, *report.ADDED_TRIALS)]
+    assert len(names) == 5
+    for name in names:
         for key, folder in _sweep_jobs(name, tmp_path).items():
             assert folders.setdefault(key, folder) == folder, (name, key)
     assert len(set(folders.values())) == len(folders)
@@ -259,17 +262,20 @@ def test_v2_plan_counts_trials_and_jobs_of_every_sweep_file():
     report = load_v2_report()
     assert report.planned_trials("OfflineDigits", "ERM_FTLP", "ERM") == 26
     assert report.planned_trials("OfflineDigits", "ERM_FTLP", "ERM_FTLP_ShuffledPrior") == 26
-    # ERM_FTLP has 26 trials there, MIRO 16: a paired comparison has as many as its scarcer arm
-    assert report.planned_trials("OfflineDigits", "ERM_FTLP", "MIRO") == 16
-    assert report.planned_trials("OfflineDigits", "MIRO", "ERM") == 16
-    assert report.planned_trials("OfflineDigits", "CORAL_FTLP", "CORAL") == 16
+    # ERM_FTLP has 26 trials there, MIRO 20: a paired comparison has as many as its scarcer arm
+    assert report.planned_trials("OfflineDigits", "ERM_FTLP", "MIRO") == 20
+    assert report.planned_trials("OfflineDigits", "MIRO", "ERM") == 20
+    # an arm gets the most trials any file plans for it (16 in the second round, 20 in the third)
+    assert report.planned_trials("OfflineDigits", "CORAL_FTLP", "CORAL") == 20
+    assert report.planned_trials("OfflineDigits", "SWAD_FTLP", "SWAD") == 20
     assert report.planned_trials("RotatedMNISTSubset", "ERM_FTLP", "ERM") == 16
     assert report.planned_trials("RotatedMNISTSubset", "ERM_FTLP", "ERM_FTLP_ShuffledPrior") == 5
     assert report.planned_trials("RotatedMNISTSubset", "SWAD_FTLP", "SWAD") == 5
     assert report.planned_trials("OfflineDigits", "ERM", "NotAnArm") == 0
     # 8 arms x 5 trials x (4 + 6) domains; added: 3 arms x 21 trials x 4 domains (OfflineDigits),
-    # 5 arms x 11 trials x 4 domains (OfflineDigits), 3 arms x 11 trials x 6 domains (RotatedMNISTSubset)
-    assert report.planned_jobs() == 8 * 5 * 10 + 3 * 21 * 4 + 5 * 11 * 4 + 3 * 11 * 6
+    # 5 arms x 11 trials x 4 domains (OfflineDigits), 3 arms x 11 trials x 6 domains (RotatedMNISTSubset),
+    # 5 arms x 4 trials x 4 domains (OfflineDigits, third round)
+    assert report.planned_jobs() == 8 * 5 * 10 + 3 * 21 * 4 + 5 * 11 * 4 + 3 * 11 * 6 + 5 * 4 * 4
 
 
 def test_v2_verdict_rows_agree_with_their_own_intervals_and_the_se_target(v2_copy, monkeypatch):

@@ -60,7 +60,7 @@ SWEEP = REPO / "sweeps" / "offline_evidence_v2.json"
 # Trials added where the first five were too few for SE_TARGET (same jobs, more trials; same records
 # folder), in the order they were planned: each round was sized from the spread of the trials before it.
 ADDED_TRIALS = tuple(REPO / "sweeps" / f"offline_evidence_v2_more_trials{suffix}.json"
-                     for suffix in ("", "_digits", "_rotated"))
+                     for suffix in ("", "_digits", "_rotated", "_digits_round3"))
 SELECTIONS = ("training_domain", "oracle")
 CONTROL = ("ERM_FTLP", "ERM_FTLP_ShuffledPrior")
 SE_TARGET = 0.7  # points: the precision the evidence issue asks of each benchmark-mean paired gain
