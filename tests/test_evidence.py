@@ -228,7 +228,7 @@ def _sweep_jobs(sweep: str, output_dir: Path) -> dict[tuple, Path]:
 @pytest.mark.parametrize("name, dataset, arms, n_trials", [
     ("offline_evidence_v2_more_trials", "OfflineDigits", 3, 26),
     ("offline_evidence_v2_more_trials_digits", "OfflineDigits", 5, 16),
-    ("offline_evidence_v2_more_trials_rotated", "RotatedMNISTSubset", 3, 16),
+    ("offline_evidence_v2_more_trials_rotated", "RotatedMNISTSubset", 4, 16),
     ("offline_evidence_v2_more_trials_digits_round3", "OfflineDigits", 5, 20),
 ])
 def test_v2_added_trials_reuse_the_main_sweeps_job_folders(tmp_path, name, dataset, arms, n_trials):
@@ -269,13 +269,13 @@ def test_v2_plan_counts_trials_and_jobs_of_every_sweep_file():
     assert report.planned_trials("OfflineDigits", "CORAL_FTLP", "CORAL") == 20
     assert report.planned_trials("OfflineDigits", "SWAD_FTLP", "SWAD") == 20
     assert report.planned_trials("RotatedMNISTSubset", "ERM_FTLP", "ERM") == 16
-    assert report.planned_trials("RotatedMNISTSubset", "ERM_FTLP", "ERM_FTLP_ShuffledPrior") == 5
+    assert report.planned_trials("RotatedMNISTSubset", "ERM_FTLP", "ERM_FTLP_ShuffledPrior") == 16
     assert report.planned_trials("RotatedMNISTSubset", "SWAD_FTLP", "SWAD") == 5
     assert report.planned_trials("OfflineDigits", "ERM", "NotAnArm") == 0
     # 8 arms x 5 trials x (4 + 6) domains; added: 3 arms x 21 trials x 4 domains (OfflineDigits),
-    # 5 arms x 11 trials x 4 domains (OfflineDigits), 3 arms x 11 trials x 6 domains (RotatedMNISTSubset),
+    # 5 arms x 11 trials x 4 domains (OfflineDigits), 4 arms x 11 trials x 6 domains (RotatedMNISTSubset),
     # 5 arms x 4 trials x 4 domains (OfflineDigits, third round)
-    assert report.planned_jobs() == 8 * 5 * 10 + 3 * 21 * 4 + 5 * 11 * 4 + 3 * 11 * 6 + 5 * 4 * 4
+    assert report.planned_jobs() == 8 * 5 * 10 + 3 * 21 * 4 + 5 * 11 * 4 + 4 * 11 * 6 + 5 * 4 * 4
 
 
 def test_v2_verdict_rows_agree_with_their_own_intervals_and_the_se_target(v2_copy, monkeypatch):
