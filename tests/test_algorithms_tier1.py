@@ -25,6 +25,7 @@ from domainbed.algorithms.sagnet import randomize_content, randomize_style
 from domainbed.algorithms.vrex import vrex_penalty
 from domainbed.datasets import build_dataset
 from domainbed.lib.checkpoint import atomic_torch_save, safe_load
+from domainbed.lib.errors import UserError
 from domainbed.lib.penalties import coral_penalty
 
 
@@ -399,3 +400,27 @@ def test_resumed_copy_continues_like_the_uninterrupted_run(debug28, tmp_path, na
     # Control: without the saved count, the schedule restarts and the runs part.
     lost = resumed(drop_counter=True)
     assert not all(torch.equal(a, b) for a, b in zip(run.parameters(), lost.parameters()))
+
+
+def test_begin_update_sets_up_once_and_returns_the_batches_in_training_mode(debug28):
+    hparams = hparams_registry.default_hparams("ERM", "Debug28")
+    alg = get_algorithm_class("ERM")(debug28.input_shape, debug28.num_classes, 2, hparams)
+    assert alg.optimizer is None
+    alg.eval()
+    mb = batches(debug28)
+    out = alg.begin_update(mb)
+    optimizer = alg.optimizer
+    assert optimizer is not None and alg.training
+    assert len(out) == len(mb)
+    for (x, y), (x0, y0) in zip(out, mb):
+        torch.testing.assert_close(x, x0)
+        assert torch.equal(y, y0)
+    alg.eval()
+    alg.begin_update(mb)
+    assert alg.optimizer is optimizer and alg.training  # set up once; training mode every step
+
+
+def test_mldg_refuses_a_single_training_domain(debug28):
+    alg = make("MLDG", debug28, n_domains=1)
+    with pytest.raises(UserError, match="at least 2 training domains"):
+        alg.update(batches(debug28, domains=(1,)))
