@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 import shutil
 import statistics
 import subprocess
@@ -307,3 +308,30 @@ def test_v2_verdict_rows_agree_with_their_own_intervals_and_the_se_target(v2_cop
                        (False, True): "oracle only"}[tuple(s <= 0.7 + 0.05 for s in ses)] or any(
             abs(s - 0.7) <= 0.05 for s in ses)  # an SE printed as 0.7 may lie on either side
     assert checked > 0
+
+
+def _plain_words(text: str, start: str, end: str) -> str:
+    """The hand-written text between the generated block ending ``start`` and the heading ``end``."""
+    after = text.split(start, 1)[1]
+    return after.split(end, 1)[0]
+
+
+def test_v2_plain_words_quote_only_figures_of_the_verdict_table():
+    """The verdicts written by hand (repository README, evidence README) quote gains (mean ± SE)
+    and 95% intervals; each must be one of the committed Verdict table's cells, so prose cannot
+    keep a figure that a regenerated report no longer has."""
+    report = load_v2_report()
+    evidence_readme = (V2 / "README.md").read_text()
+    table = evidence_readme.split(report.VERDICT_START, 1)[1].split(report.VERDICT_END, 1)[0]
+    cells = {c.strip().replace("−", "-") for line in table.splitlines() if line.startswith("| ")
+             for c in line.strip("|").split("|")}
+    quoted = r"[+−-]\d+\.\d ± \d+\.\d|\[[+−-]\d+\.\d, [+−-]\d+\.\d\]"
+    texts = {
+        "README.md": _plain_words((REPO / "README.md").read_text(), report.SUMMARY_END, "\n## "),
+        "docs/evidence/v2/README.md": _plain_words(evidence_readme, report.VERDICT_END, "\n## "),
+    }
+    for name, text in texts.items():
+        figures = [" ".join(f.split()) for f in re.findall(quoted.replace(" ", r"\s+"), text)]
+        assert len(figures) >= 6, f"{name}: expected the verdict paragraph to quote its figures"
+        stale = [f for f in figures if f.replace("−", "-") not in cells]
+        assert not stale, f"{name} quotes figures the Verdict table does not have: {stale}"
