@@ -325,13 +325,13 @@ def test_v2_plain_words_quote_only_figures_of_the_verdict_table():
     table = evidence_readme.split(report.VERDICT_START, 1)[1].split(report.VERDICT_END, 1)[0]
     cells = {c.strip().replace("−", "-") for line in table.splitlines() if line.startswith("| ")
              for c in line.strip("|").split("|")}
-    quoted = r"[+−-]\d+\.\d ± \d+\.\d|\[[+−-]\d+\.\d, [+−-]\d+\.\d\]"
+    quoted = r"[+−-]\d+\.\d\s+±\s+\d+\.\d|\[[+−-]\d+\.\d,\s+[+−-]\d+\.\d\]"  # may wrap across lines
     texts = {
         "README.md": _plain_words((REPO / "README.md").read_text(), report.SUMMARY_END, "\n## "),
         "docs/evidence/v2/README.md": _plain_words(evidence_readme, report.VERDICT_END, "\n## "),
     }
     for name, text in texts.items():
-        figures = [" ".join(f.split()) for f in re.findall(quoted.replace(" ", r"\s+"), text)]
+        figures = [" ".join(f.split()) for f in re.findall(quoted, text)]
         assert len(figures) >= 6, f"{name}: expected the verdict paragraph to quote its figures"
         stale = [f for f in figures if f.replace("−", "-") not in cells]
         assert not stale, f"{name} quotes figures the Verdict table does not have: {stale}"
