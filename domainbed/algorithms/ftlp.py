@@ -35,7 +35,6 @@ declares ``EXPOSES_FEATURES``.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Any, Mapping
 
@@ -45,7 +44,7 @@ from torch import nn
 from domainbed.algorithms.base import LossOutput, Minibatches
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.ftlp_config import FTLP_HPARAMS, FTLPConfig
-from domainbed.algorithms.ftlp_prior import NoiseInjector, PriorKL, sync_batchnorm_mode
+from domainbed.algorithms.ftlp_prior import NoiseInjector, PriorKL, frozen_prior, sync_batchnorm_mode
 from domainbed.algorithms.registry import algorithm_names, get_algorithm_class, register_algorithm
 from domainbed.lib.misc import seed_hash
 from domainbed.lib.prior_diagnostics import liveness_report
@@ -64,11 +63,7 @@ class FTLP:
         self.ftlp_cfg = self.ftlp_config()
         # The prior: a frozen copy with the same pretrained weights. It is kept out of the
         # module tree on purpose: not in parameters(), state_dict(), optimizers or SWAD.
-        prior = copy.deepcopy(self.featurizer).eval().requires_grad_(False)
-        for m in prior.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = 0.0  # batch statistics when asked, running statistics never updated
-        object.__setattr__(self, "_prior_net", prior)
+        object.__setattr__(self, "_prior_net", frozen_prior(self.featurizer))
         self.want_intermediates = self.ftlp_cfg.uses_stages
         names, channels = self._layers()
         self.ftlp_layer_names = names

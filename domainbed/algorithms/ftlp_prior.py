@@ -4,6 +4,7 @@ the BatchNorm mode shared by the prior and the trained network (see ``ftlp.py``)
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Iterator
 
 import torch
@@ -23,6 +24,17 @@ def sync_batchnorm_mode(trained: nn.Module, prior: nn.Module) -> None:
     for mine, theirs in zip(trained.modules(), prior.modules()):
         if isinstance(mine, _BN):
             theirs.training = mine.training
+
+
+def frozen_prior(featurizer: nn.Module) -> nn.Module:
+    """The prior ``f_0``: a frozen copy of ``featurizer`` with the same pretrained weights, never
+    trained, whose BatchNorm running statistics never change (momentum 0), so it can use batch
+    statistics when asked (:func:`sync_batchnorm_mode`) without drifting."""
+    prior = copy.deepcopy(featurizer).eval().requires_grad_(False)
+    for m in prior.modules():
+        if isinstance(m, _BN):
+            m.momentum = 0.0
+    return prior
 
 
 def channel_variance(f: torch.Tensor) -> torch.Tensor:
