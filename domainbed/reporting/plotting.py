@@ -4,14 +4,19 @@
     records = plotting.load_sweep("demo_sweep")
     plotting.per_domain_table(records, "training_domain")
     fig = plotting.plot_ftlp_bars(records, "training_domain")
-    fig = plotting.plot_curves(records, keys=("loss", "loss_ce"))
-    fig = plotting.plot_kl_curve(records)
+    fig = plotting.plot_curves(records)          # accuracy and the task loss (loss_ce)
+    fig = plotting.plot_kl_curve(records)        # the prior term, in its own panel
 
 Every function takes the records frame of :func:`load_sweep` (or a ``RecordLoad``, or a
 sweep path). Numbers come from the same selection and aggregation code as
 ``collect_results``, so a notebook never disagrees with the printed tables. Plot
 functions return the matplotlib ``Figure``; assign it (``fig = ...``) in a notebook so
 it is shown once.
+
+Conventions shared by every figure here and in :mod:`domainbed.reporting.plotting_gains`:
+error bars are the tables' standard error (:data:`SE_NOTE`; a cell of one trial has no
+error bar, and its n is written in the legend), bar axes start at 0, and a dataset given
+by its folder path is titled by the folder's name (:func:`display_name`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,55 @@ from domainbed.model_selection import ftlp_variant_pairs  # noqa: E402
 from domainbed.reporting.layout import sweep_layout  # noqa: E402
 
 Records = pd.DataFrame | RecordLoad | str | os.PathLike
+
+# The one standard-error convention of tables and figures: DomainBed's (domainbed.lib.tables).
+SE_NOTE = "mean ± SE over trials, SE = population std (ddof 0) / √n as in the tables; no error bar where n = 1"
+
+# What every algorithm logs as its task loss (cross-entropy), apart from any penalty or
+# prior term: ``loss`` is the total that was minimised, so FT-LP's includes λ·KL.
+TASK_LOSS = "loss_ce"
+KEY_TITLES = {
+    TASK_LOSS: "task loss (loss_ce, without any prior or penalty term)",
+    "loss": "total loss (with any prior or penalty term)",
+    "ftlp_kl": "prior term (ftlp_kl)",
+}
+
+
+def display_name(dataset: str) -> str:
+    """A dataset's name for titles: a folder dataset (named by its path) by the folder's
+    last component, so a title is not a long absolute path; registry names as they are."""
+    if "/" in dataset or os.sep in dataset:
+        return Path(dataset.rstrip("/" + os.sep)).name or dataset
+    return dataset
+
+
+def n_label(counts: Sequence[int]) -> str:
+    """``n = 3``, or ``n = 1–3`` when the cells of one legend entry differ."""
+    values = sorted({int(n) for n in counts})
+    if not values:
+        return "n = 0"
+    return f"n = {values[0]}" if len(values) == 1 else f"n = {values[0]}–{values[-1]}"
+
+
+def bars_with_se(
+    axis: plt.Axes, x: np.ndarray, means: np.ndarray, ses: np.ndarray, counts: np.ndarray, width: float, **bar_kwargs
+) -> None:
+    """Bars of ``means`` and, only where a cell has n ≥ 2 trials, its ± SE error bar: with one
+    trial the SE is 0 by convention, not an uncertainty, so no bar of zero width is drawn."""
+    axis.bar(x, means, width, **bar_kwargs)
+    spread = (np.asarray(counts, dtype=float) >= 2) & np.isfinite(means) & np.isfinite(ses)
+    if spread.any():
+        axis.errorbar(x[spread], means[spread], yerr=ses[spread], fmt="none", ecolor="black", elinewidth=1, capsize=3)
+
+
+def outside_legend(axis: plt.Axes, fontsize: str = "x-small") -> None:
+    """The legend to the right of the panel: bars from 0, or many arms, leave no free corner."""
+    axis.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def start_at_zero(axis: plt.Axes) -> None:
+    """Bars encode length: the y axis of a bar chart starts at 0 so no bar is cut off."""
+    axis.set_ylim(0.0, None)
 
 
 def load_sweep(path: str | os.PathLike[str], include_incomplete: bool = False, verbose: bool = True) -> pd.DataFrame:
@@ -128,7 +182,8 @@ def _axes_per_dataset(datasets: list[str], ax: plt.Axes | None, ncols: int = 1, 
 def plot_ftlp_bars(
     records: Records, selection: str = "training_domain", dataset: str | None = None, ax: plt.Axes | None = None
 ) -> plt.Figure:
-    """Bars of each base algorithm next to its FT-LP variant per domain, with SE error bars."""
+    """Bars of each base algorithm next to its FT-LP variant per domain, with SE error bars
+    where a cell has two trials or more (:data:`SE_NOTE`); the legend gives each arm's n."""
     df = _frame(records)
     datasets = _datasets(df, dataset)
     fig, axes = _axes_per_dataset(datasets, ax, width=9.0)
@@ -137,7 +192,7 @@ def plot_ftlp_bars(
         stats, domains = _percent_stats(df, selection, name)
         algos = [a for variant, base in ftlp_variant_pairs(stats["algorithm"].unique()) for a in (base, variant)]
         if not algos:
-            axis.text(0.5, 0.5, f"{name}: no algorithm B with B_FTLP in this sweep", ha="center", va="center")
+            axis.text(0.5, 0.5, f"{display_name(name)}: no algorithm B with B_FTLP in this sweep", ha="center", va="center")
             axis.set_axis_off()
             continue
         # Only the test domains some drawn algorithm was run on (a sweep may leave domains out).
@@ -149,16 +204,17 @@ def plot_ftlp_bars(
             part = stats[stats["algorithm"] == algo].set_index("test_env")
             means = np.array([100 * part["mean"].get(e, np.nan) for e in run], dtype=float)
             ses = np.array([100 * part["se"].get(e, np.nan) for e in run], dtype=float)
+            counts = np.array([part["n"].get(e, 0) for e in run], dtype=float)
             # tab20 pairs a dark and a light shade: base light, FT-LP dark, same hue.
             color = cmap((k // 2) * 2 + (0 if k % 2 else 1))  # algos alternate base, variant
-            axis.bar(x + (k - (len(algos) - 1) / 2) * width, means, width, yerr=ses, capsize=3, label=algo, color=color)
-        lo = np.nanmin(100 * stats[stats["algorithm"].isin(algos)]["mean"].astype(float))
-        axis.set_ylim(max(0.0, lo - 10), None)
+            label = f"{algo} ({n_label(part['n'])})"
+            bars_with_se(axis, x + (k - (len(algos) - 1) / 2) * width, means, ses, counts, width, label=label, color=color)
+        start_at_zero(axis)
         axis.set_xticks(x, [domains[e] for e in run])
         axis.set_xlabel("test domain")
         axis.set_ylabel("test accuracy (%)")
-        axis.set_title(f"{name}: base vs FT-LP ({title}; mean ± SE)")
-        axis.legend(fontsize="small")
+        axis.set_title(f"{display_name(name)}: base vs FT-LP ({title})\n{SE_NOTE}", fontsize=9)
+        outside_legend(axis, "small")
     fig.tight_layout()
     return fig
 
@@ -210,7 +266,7 @@ def _finish_value_axis(axis: plt.Axes, key: str, scale: str, empty: str, legend_
 
 def plot_curves(
     records: Records,
-    keys: Sequence[str] = ("loss",),
+    keys: Sequence[str] = (TASK_LOSS,),
     dataset: str | None = None,
     algorithms: Sequence[str] | None = None,
     test_env: int | None = None,
@@ -219,8 +275,10 @@ def plot_curves(
     """Accuracy and loss curves over steps, mean over runs, one row of panels per dataset.
 
     Left panel: test-env ``in`` accuracy (solid) and training-domain validation accuracy
-    (dashed). Then one panel per key in ``keys`` (any logged column, e.g. ``loss``), on the
-    y scale of :func:`set_value_scale` (``scale``; ``auto``: log, or symlog for negatives).
+    (dashed). Then one panel per key in ``keys`` (any logged column), on the y scale of
+    :func:`set_value_scale` (``scale``; ``auto``: log, or symlog for negatives). The default
+    compares the task loss only (:data:`TASK_LOSS`): ``loss`` is the minimised total, which
+    for FT-LP and MIRO includes the prior term; draw that with :func:`plot_kl_curve`.
     Only single-test-env runs and ordinary checkpoints are drawn.
     """
     df = _frame(records)
@@ -238,12 +296,12 @@ def plot_curves(
                 if key in runs.columns and runs[key].notna().any():
                     loss = runs.groupby("step")[key].mean()
                     axis.plot(loss.index, loss.to_numpy(dtype=float), color=colors[algo], label=algo)
-        row[0].set_title(f"{name}: accuracy (mean over runs)")
+        row[0].set_title(f"{display_name(name)}: accuracy (mean over runs)")
         row[0].set_xlabel("step")
         row[0].set_ylabel("accuracy (%)")
         row[0].legend(fontsize="x-small")
         for axis, key in zip(row[1:], keys):
-            axis.set_title(f"{name}: {key}")
+            axis.set_title(f"{display_name(name)}: {KEY_TITLES.get(key, key)}", fontsize=9)
             axis.set_xlabel("step")
             _finish_value_axis(axis, key, scale, f"no '{key}' logged", "x-small")
     fig.tight_layout()
@@ -268,9 +326,9 @@ def plot_kl_curve(
             for algo, runs in part.groupby("algorithm"):
                 if runs[key].notna().any():
                     curve = runs.groupby("step")[key].mean()
-                    label = algo if len(datasets) == 1 else f"{name}/{algo}"
+                    label = algo if len(datasets) == 1 else f"{display_name(name)}/{algo}"
                     ax.plot(curve.index, curve.to_numpy(dtype=float), label=label)
-    ax.set_title(f"{key} (mean over runs)")
+    ax.set_title(f"{KEY_TITLES.get(key, key)} (mean over runs)")
     ax.set_xlabel("step")
     ax.set_ylabel(key)
     _finish_value_axis(ax, key, scale, f"no '{key}' logged in these records", "small")

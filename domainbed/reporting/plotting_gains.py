@@ -6,27 +6,45 @@
     fig = plotting_gains.plot_paired_gains(records, "training_domain")
     fig = plotting_gains.plot_lambda_curve(hparam_records, "training_domain")
 
-FT-LP (arXiv 2406.05628) is judged by paired gains over its base; the statistics are those of
-:mod:`domainbed.lib.paired_gains` (mean ± SE over trials, SE with ddof = 1), the checkpoints
-those chosen by :mod:`domainbed.lib.selection`. Only the domains that were run are drawn.
-Every function returns the matplotlib ``Figure``.
+FT-LP (arXiv 2406.05628) is judged by paired gains over its base: which trials pair and
+count come from :mod:`domainbed.lib.paired_gains`, the standard error from the result
+tables (:func:`domainbed.lib.tables.mean_se`, population std / √n), so a figure shows the
+numbers of the table beside it (:data:`~domainbed.reporting.plotting.SE_NOTE`). The
+checkpoints are those chosen by :mod:`domainbed.lib.selection`. Only the domains that were
+run are drawn. Every function returns the matplotlib ``Figure``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
-from domainbed.lib.paired_gains import AVERAGE, EVIDENCE_COMPARISONS, arm_accuracy, paired_gains
+from domainbed.lib.paired_gains import (
+    AVERAGE,
+    EVIDENCE_COMPARISONS,
+    comparison_name,
+    paired_gains,
+    required_domains,
+    trial_gains,
+)
 from domainbed.lib.selection import get_selection_method
+from domainbed.lib.tables import mean_se, per_domain_stats
 from domainbed.reporting.layout import sweep_layout
-from domainbed.reporting.plotting import Records, _frame
-
-SE_NOTE = "mean ± SE over trials, SE = sample std (ddof=1)/√n"
+from domainbed.reporting.plotting import (
+    SE_NOTE,
+    Records,
+    _frame,
+    bars_with_se,
+    display_name,
+    n_label,
+    outside_legend,
+    start_at_zero,
+)
 
 
 def selected_runs(records: Records, selection: str = "training_domain") -> pd.DataFrame:
@@ -45,18 +63,48 @@ def _empty_figure(message: str) -> plt.Figure:
     return fig
 
 
-def outside_legend(ax: plt.Axes) -> None:
-    """The legend to the right of the panel: with many arms or comparisons it would hide points."""
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+def gain_stats(
+    selected: pd.DataFrame,
+    comparisons: Sequence[tuple[str, str]] = EVIDENCE_COMPARISONS,
+    domains: Mapping[str, Sequence[int]] | None = None,
+) -> pd.DataFrame:
+    """:func:`~domainbed.lib.paired_gains.paired_gains` (same rows, means, n and trials) with
+    the result tables' SE: :func:`domainbed.lib.tables.mean_se` (population std / √n) of the
+    same per-trial differences, so figures and the ``collect_results`` gain tables agree."""
+    domains = dict(domains) if domains is not None else required_domains(selected)
+    gains = paired_gains(selected, comparisons, domains)
+    se = pd.Series(math.nan, index=gains.index)
+    for (dataset, treatment, baseline), rows in gains.groupby(["dataset", "treatment", "baseline"], sort=False):
+        diffs = trial_gains(selected, dataset, treatment, baseline, domains[dataset])
+        for index, row in rows.iterrows():
+            if row["n"] == 0:
+                continue
+            if row["test_env"] == AVERAGE:  # the benchmark gain of each complete trial
+                values = diffs[diffs["trial_seed"].isin(row["trials"])].groupby("trial_seed")["gain"].mean()
+            else:
+                values = diffs.loc[diffs["test_env"] == row["test_env"], "gain"]
+            se[index] = mean_se(values.to_numpy()).se
+    return gains.assign(se=se)
+
+
+def arm_stats(selected: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy in points per (dataset, algorithm, test_env): mean, SE and n from the
+    result tables' :func:`domainbed.lib.tables.per_domain_stats` (population std / √n)."""
+    stats = per_domain_stats(selected)
+    return stats.assign(
+        test_env=stats["test_env"].astype("int64"), mean=100 * stats["mean"].astype(float),
+        se=100 * stats["se"].astype(float), n=stats["n"].astype("int64"),
+    )
 
 
 def plot_arm_accuracy(records: Records, selection: str = "training_domain", arms: Sequence[str] | None = None) -> plt.Figure:
     """Test accuracy of every arm per test domain that was run, one panel per dataset; the
-    legend gives each arm's number of trials (a range when domains differ)."""
+    legend gives each arm's number of trials (a range when domains differ), and only cells
+    with n ≥ 2 get an error bar (:data:`SE_NOTE`)."""
     selected = selected_runs(records, selection)
     if selected.empty:
         return _empty_figure("no selected runs in these records")
-    stats = arm_accuracy(selected)
+    stats = arm_stats(selected)
     datasets = sorted(stats["dataset"].unique())
     fig, axes = plt.subplots(len(datasets), 1, figsize=(12.5, 3.8 * len(datasets)), squeeze=False)
     title = get_selection_method(selection).title
@@ -74,16 +122,15 @@ def plot_arm_accuracy(records: Records, selection: str = "training_domain", arms
         for k, algo in enumerate(order):
             rows = part[part["algorithm"] == algo].set_index("test_env")
             means = np.array([rows["mean"].get(e, np.nan) for e in envs], dtype=float)
-            ses = np.nan_to_num(np.array([rows["se"].get(e, np.nan) for e in envs], dtype=float))
-            counts = sorted({int(n) for n in rows["n"]})
-            n_text = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-            ax.bar(x + (k - (len(order) - 1) / 2) * width, means, width, yerr=ses, capsize=2,
-                   label=f"{algo} (n = {n_text})", color=colors[palette.index(algo) % len(colors)])
-        ax.set_ylim(max(0.0, float(np.nanmin(part["mean"])) - 10), None)
+            ses = np.array([rows["se"].get(e, np.nan) for e in envs], dtype=float)
+            counts = np.array([rows["n"].get(e, 0) for e in envs], dtype=float)
+            bars_with_se(ax, x + (k - (len(order) - 1) / 2) * width, means, ses, counts, width,
+                         label=f"{algo} ({n_label(rows['n'])})", color=colors[palette.index(algo) % len(colors)])
+        start_at_zero(ax)
         ax.set_xticks(x, [names[e] for e in envs])
         ax.set_xlabel("test domain")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{dataset}: every arm ({title}; {SE_NOTE})", fontsize=9)
+        ax.set_title(f"{display_name(dataset)}: every arm ({title}; {SE_NOTE})", fontsize=9)
         outside_legend(ax)
     fig.tight_layout()
     return fig
@@ -97,8 +144,10 @@ def plot_paired_gains(
 ) -> plt.Figure:
     """Paired gain (points) per test domain and over the benchmark, with SE error bars.
 
-    One panel per dataset; a comparison whose two arms never both ran on a dataset is left
-    out of its panel (and named in the panel's note). ``required``: the domains a trial
+    Numbers are those of :func:`gain_stats` (the tables' SE); a point of one paired trial
+    has no error bar. One panel per dataset. A comparison whose two arms both ran on the
+    dataset but never in the same trial is named in the panel's note; one whose arms the
+    sweep did not run there is left out without a note. ``required``: the domains a trial
     needs for the mean over domains, ``all`` of the dataset's or those ``run`` in the sweep
     (for sweeps that test only some domains, such as the demo).
     """
@@ -110,7 +159,7 @@ def plot_paired_gains(
     domains = None
     if required == "run":
         domains = {str(d): sorted(int(e) for e in part["test_env"].unique()) for d, part in selected.groupby("dataset")}
-    gains = paired_gains(selected, comparisons, domains)
+    gains = gain_stats(selected, comparisons, domains)
     datasets = sorted(gains["dataset"].unique())
     fig, axes = plt.subplots(len(datasets), 1, figsize=(12.5, 3.8 * len(datasets)), squeeze=False)
     title = get_selection_method(selection).title
@@ -119,26 +168,36 @@ def plot_paired_gains(
         run_envs = sorted(selected.loc[selected["dataset"] == dataset, "test_env"].unique())
         names = _names(selected, dataset)
         labels = [c for c in dict.fromkeys(part["comparison"]) if part.loc[part["comparison"] == c, "n"].max() > 0]
-        missing = [c for c in dict.fromkeys(part["comparison"]) if c not in labels]
+        # A note only for comparisons this dataset's records could have paired.
+        arms = set(selected.loc[selected["dataset"] == dataset, "algorithm"])
+        missing = [comparison_name(t, b) for t, b in dict.fromkeys(comparisons)
+                   if {t, b} <= arms and comparison_name(t, b) not in labels]
         x = np.arange(len(run_envs) + 1)
         width = 0.8 / max(len(labels), 1)
         for k, label in enumerate(labels):
             rows = part[part["comparison"] == label].set_index("test_env")
             keys = [*run_envs, AVERAGE]
             means = np.array([rows["mean"].get(e, np.nan) for e in keys], dtype=float)
-            ses = np.nan_to_num(np.array([rows["se"].get(e, np.nan) for e in keys], dtype=float))
+            ses = np.array([rows["se"].get(e, np.nan) for e in keys], dtype=float)
+            counts = np.array([rows["n"].get(e, 0) for e in keys], dtype=float)
             n_avg = int(rows["n"].get(AVERAGE, 0))
             color = f"C{list(dict.fromkeys(gains['comparison'])).index(label) % 10}"  # same colour in every panel
-            ax.errorbar(x + (k - (len(labels) - 1) / 2) * width, means, yerr=ses, fmt="o", capsize=3, color=color,
-                        label=f"{label} (n = {n_avg} complete trials)")
+            xs = x + (k - (len(labels) - 1) / 2) * width
+            ax.plot(xs, means, "o", color=color, label=f"{label} (n = {n_avg} complete trials)")
+            spread = (counts >= 2) & np.isfinite(ses)  # one trial: a point without an error bar
+            if spread.any():
+                ax.errorbar(xs[spread], means[spread], yerr=ses[spread], fmt="none", capsize=3, color=color)
         ax.set_xlim(-0.5, len(run_envs) + 0.5)
         ax.axhline(0.0, color="black", lw=0.8)
         ax.axvline(len(run_envs) - 0.5, color="grey", lw=0.5, ls=":")
         ax.set_xticks(x, [names[e] for e in run_envs] + ["mean over\n" + ("domains" if required == "all" else "domains run")])
         ax.set_ylabel("paired gain (accuracy points)")
-        ax.set_title(f"{dataset}: treatment − baseline ({title}; {SE_NOTE})", fontsize=9)
+        ax.set_title(f"{display_name(dataset)}: treatment − baseline ({title}; {SE_NOTE})", fontsize=9)
         if labels:
             outside_legend(ax)
+        else:
+            ax.text(0.5, 0.5, "no paired trial of any comparison on this dataset", ha="center", va="center",
+                    transform=ax.transAxes)
         if missing:  # under the axis, where it cannot hide a point or the legend
             ax.set_xlabel("no paired trial yet: " + ", ".join(missing), fontsize=7)
     fig.tight_layout()

@@ -3,7 +3,8 @@
     python -m domainbed.scripts.run_notebook --sweep_dir demo_sweep
 
 writes ``demo_sweep/per_domain_accuracy.executed.ipynb`` and the figures it drew as
-``demo_sweep/figures/*.png``, so a sweep can be inspected without a notebook server.
+``demo_sweep/figures/<name>.png`` (the name from each cell's ``figure`` metadata, e.g.
+``paired_gains.png``), so a sweep can be inspected without a notebook server.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from domainbed.lib import resources
 
@@ -39,16 +41,40 @@ def execute(notebook: Path, sweep_dir: Path, output: Path, timeout: int = 600) -
                    resources={"metadata": {"path": str(notebook.parent)}}).execute()
     output.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(output))
-    figures = output.parent / "figures"
-    written = []
+    return save_figures(nb, output.parent / "figures")
+
+
+# Cell metadata key naming the figure a cell draws, e.g. {"figure": "paired_gains"}.
+FIGURE_KEY = "figure"
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe form of ``text``: lower case letters, digits, ``-`` and ``_``."""
+    return re.sub(r"[^a-z0-9_-]+", "_", text.strip().lower()).strip("_")
+
+
+def save_figures(nb: Any, folder: Path) -> list[Path]:
+    """Write every PNG output of the executed notebook ``nb`` to ``folder``; returns the files.
+
+    A file is named after its cell's ``metadata["figure"]`` (``paired_gains.png``; a second
+    image of the same cell gets ``_2``), so names say what a figure shows and do not shift
+    when cells are added; a cell without that name falls back to ``cellNN_J.png``.
+    """
+    written: list[Path] = []
     for i, cell in enumerate(nb.cells):
-        for j, out in enumerate(cell.get("outputs", [])):
-            png = out.get("data", {}).get("image/png")
-            if png:
-                figures.mkdir(exist_ok=True)
-                path = figures / f"cell{i:02d}_{j}.png"
-                path.write_bytes(base64.b64decode(png))
-                written.append(path)
+        base = _slug(str(cell.get("metadata", {}).get(FIGURE_KEY, "")))
+        images = [out["data"]["image/png"] for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
+        for j, png in enumerate(images):
+            if base:
+                stem = base if j == 0 else f"{base}_{j + 1}"
+            else:
+                stem = f"cell{i:02d}_{j}"
+            path = folder / f"{stem}.png"
+            if path in written:  # two cells with one name: keep both
+                path = folder / f"{stem}_cell{i:02d}.png"
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(base64.b64decode(png))
+            written.append(path)
     return written
 
 
