@@ -437,7 +437,25 @@ def test_collect_reference_note_and_main(sweep, capsys):
 def test_collect_partial_and_empty_sweeps(sweep, tmp_path):
     out = collect_results.collect(sweep[0] / "part2")  # ToyB only: no pair runs
     assert "No results under leave-one-domain-out validation" in out and "ToyB - selection" in out
-    assert "No finished jobs" in collect_results.collect(tmp_path)
+    with pytest.raises(collect_results.NoRecordsError, match="results.jsonl"):
+        collect_results.collect(tmp_path)
+
+
+def test_main_on_a_folder_without_records_exits_2_and_saves_nothing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        collect_results.main(["--input_dir", str(tmp_path)])
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"no records to tabulate under {tmp_path}" in captured.err and "results.jsonl" in captured.err
+    assert list(tmp_path.iterdir()) == []  # no empty results.txt that would read as a result
+    # jobs that never finished: the message says so and what to pass
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "results.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(SystemExit) as stop:
+        collect_results.main(["--input_dir", str(tmp_path)])
+    assert stop.value.code == 2 and "--include_incomplete" in capsys.readouterr().err
+    assert not (tmp_path / "results.txt").exists()
 
 
 def test_list_top_hparams(sweep, capsys):
@@ -451,6 +469,27 @@ def test_list_top_hparams(sweep, capsys):
     first = lambda block: [line.split()[1] for line in block.splitlines() if line.startswith("1 ")]  # noqa: E731
     assert first(td) == ["1", "1", "1"] and first(oracle) == ["0", "0", "0"]
     assert '"lr": 0.002' in td and "200 (averaged)" in td
+    # only the hparam that differs is in the rows; the shared one is said once, above them
+    assert "hparams shared by every run listed: batch_size=32" in out
+    rows = [line for line in out.splitlines() if re.match(r"\d+ +\d+ ", line)]
+    assert rows and not [line for line in rows if "batch_size" in line]
+
+
+def test_list_top_hparams_rows_stay_narrow_with_many_hparams(sweep, tmp_path):
+    """A real hparams dict has some twenty entries (~250 characters); rows show those that differ."""
+    root = tmp_path / "wide"
+    fx.write_sweep(root)
+    many = {f"some_hparam_{i:02d}": 0.125 * i for i in range(20)}
+    for path in (root / "part2").rglob("results.jsonl"):  # ToyB: no truncated lines
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        for rec in records:
+            rec["hparams"].update(many)
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = list_top_hparams.list_top_hparams(root, "ToyB", "ERM", 0, ["training_domain"])
+    assert max(len(line) for line in out.splitlines() if "under" not in line) <= 100
+    rows = [line for line in out.splitlines() if re.match(r"\d+ +\d+ ", line)]
+    assert len(rows) == 4 and all(line.endswith(('{"lr": 0.001}', '{"lr": 0.002}')) for line in rows)
+    assert "some_hparam_19=2.375" in out
     with pytest.raises(SystemExit, match="found: ToyA, ToyB"):
         list_top_hparams.main(["--input_dir", str(sweep[0]), "--dataset", "PACS", "--algorithm", "ERM", "--test_env", "0"])
 
@@ -529,3 +568,28 @@ def test_main_saves_the_printed_tables_in_the_sweep_folder(tmp_path, capsys, fla
     assert saved.read_text() == captured.out and "Model selection" in captured.out
     assert f"tables saved to {saved}" in captured.err
     assert [p.name for p in root.glob("results.*")] == [name]
+
+
+def test_demo_saves_its_tables_as_results_txt_in_the_sweep_folder(tmp_path, monkeypatch, capsys):
+    """``make demo``: the tables it prints are also in SWEEP/results.txt, as collect_results saves them.
+    The sweep and the notebook are stubbed: the fixture sweep stands for a finished demo sweep."""
+    from domainbed.scripts import demo, run_notebook, sweep
+
+    root = tmp_path / "demo_sweep"
+    fx.write_sweep(root)
+    monkeypatch.setattr(sweep, "main", lambda argv: 0)
+    monkeypatch.setattr(run_notebook, "execute", lambda notebook, sweep_dir, output, timeout=600: [])
+    monkeypatch.setattr(demo, "per_domain_accuracy", lambda sweep_dir: "")  # Toy datasets are not registered
+    demo.main(["--output_dir", str(root)])
+    saved = root / "results.txt"
+    assert saved.is_file()
+    assert saved.read_text() == collect_results.collect(root, selection=["training_domain", "oracle"])
+    out = capsys.readouterr().out
+    assert saved.read_text() in out and f"Tables saved to {saved}" in out
+    # a demo whose sweep left no records stops with collect_results' message and status
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as stop:
+        demo.main(["--output_dir", str(empty)])
+    assert stop.value.code == 2 and "results.jsonl" in capsys.readouterr().err
+    assert not (empty / "results.txt").exists()

@@ -442,7 +442,9 @@ def test_crash_keeps_traceback_and_is_counted_incomplete(tmp_path, monkeypatch, 
     assert sweep.main(["status", *sweep_argv(sweep_dir)]) == 0
     assert "1 jobs: 0 done, 1 incomplete, 0 not launched." in capsys.readouterr().out
     assert load_records(sweep_dir).n_incomplete == 1
-    assert "Skipped 1 incomplete jobs" in collect_results.collect(sweep_dir)
+    with pytest.raises(collect_results.NoRecordsError, match="1 job folder.* without a 'done' file"):
+        collect_results.collect(sweep_dir)  # nothing finished to tabulate: says so, and what to pass
+    assert "Included 1 incomplete jobs" in collect_results.collect(sweep_dir, include_incomplete=True)
     # Rerunning the job resumes it from step 3 and completes it.
     monkeypatch.delenv(FAULT_ENV)
     train.main(job.argv[3:])

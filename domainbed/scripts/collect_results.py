@@ -10,7 +10,9 @@ some), and the paired FT-LP gain tables (the pairs the algorithms' traits name: 
 :func:`domainbed.model_selection.paired_comparisons`). Counts of skipped unfinished jobs
 and truncated lines come first, so a partial sweep is read, never a crash. The same text is
 saved as ``results.txt`` (``results.md``, ``results.tex``) in the sweep folder, as DomainBed
-does. Call :func:`collect` to get it in-process.
+does. A folder without any finished job's records is an error (exit status 2) that says
+what was looked for, and saves nothing. Call :func:`collect` to get the text in-process,
+:func:`collect_and_save` to also save it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,28 @@ def _heading(text: str, fmt: str) -> str:
     return f"===== {text} ====="
 
 
+class NoRecordsError(ValueError):
+    """The sweep folder holds no finished job's records: there is nothing to tabulate."""
+
+
+EXIT_NO_RECORDS = 2  # as argparse's usage errors: the command was pointed at the wrong folder
+
+
+def no_records_message(load: RecordLoad) -> str:
+    """What was looked for under the folder, what was found, and what to do next."""
+    found = (
+        f"found {load.n_incomplete} job folder(s) without a 'done' file (still running or interrupted): "
+        "pass --include_incomplete to tabulate their checkpoints so far"
+        if load.n_incomplete and not load.include_incomplete
+        else "found none with records; point --input_dir at the --output_dir of a sweep, or launch one "
+        "(python -m domainbed.scripts.sweep launch ...)"
+    )
+    return (
+        f"no records to tabulate under {load.sweep_dir}: looked for results.jsonl files in finished job "
+        f"folders (with a 'done' file), searching every subfolder; {found}"
+    )
+
+
 def method_tables(load: RecordLoad, method: SelectionMethod, reference: bool = False) -> list[Table] | str:
     """The tables of one selection rule, or a one-line reason why it has none."""
     prepared = prepare_records(load.df)
@@ -98,18 +122,20 @@ def collect(
     reference: bool = False,
     include_incomplete: bool = False,
 ) -> str:
-    """All tables of the sweep under ``input_dir`` as one string in ``fmt``, skip counts first."""
+    """All tables of the sweep under ``input_dir`` as one string in ``fmt``, skip counts first.
+
+    Raises :class:`NoRecordsError` when the folder holds no records to tabulate.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     methods = [get_selection_method(name) for name in selection]
     load = load_records(input_dir, include_incomplete=include_incomplete)
+    if load.df.empty:
+        raise NoRecordsError(no_records_message(load))
     notes = [load.summarise(), *prepare_records(load.df).notes()]
     if fmt == "latex":
         notes.append("Tables need \\usepackage{booktabs}.")
     parts = [_comment("\n".join(notes), fmt)]
-    if load.df.empty:
-        parts.append(_comment("No finished jobs with results were found; nothing to tabulate.", fmt))
-        return "\n\n".join(parts) + "\n"
     for method in methods:
         parts.append(_heading(f"Model selection: {method.title}", fmt))
         tables = method_tables(load, method, reference)
@@ -135,6 +161,20 @@ def save_results(input_dir: str | os.PathLike[str], text: str, fmt: str) -> Path
     return path
 
 
+def collect_and_save(
+    input_dir: str | os.PathLike[str], selection: Sequence[str] = DEFAULT_SELECTION, fmt: str = "text", **options: bool
+) -> tuple[str, Path | None]:
+    """:func:`collect`, then :func:`save_results`: the text and where it was saved (None, with
+    a note on stderr, when the folder is read-only: the tables were produced all the same).
+    ``options``: ``reference``, ``include_incomplete`` of :func:`collect`."""
+    text = collect(input_dir, selection, fmt, **options)
+    try:
+        return text, save_results(input_dir, text, fmt)
+    except OSError as err:
+        print(f"collect_results: could not save the tables in {input_dir}: {err}", file=sys.stderr)
+        return text, None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Tabulate the results of a DomainBed sweep.")
     parser.add_argument("--input_dir", required=True, help="sweep directory (searched recursively for results.jsonl)")
@@ -154,15 +194,16 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     fmt = "markdown" if args.markdown else "latex" if args.latex else "text"
     try:
-        text = collect(args.input_dir, args.selection, fmt, args.reference, args.include_incomplete)
+        text, saved = collect_and_save(
+            args.input_dir, args.selection, fmt, reference=args.reference, include_incomplete=args.include_incomplete
+        )
+    except NoRecordsError as err:  # nothing printed, nothing saved: an empty results.txt would look like a result
+        print(f"collect_results: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_NO_RECORDS) from None
     except ValueError as err:
         raise SystemExit(f"collect_results: {err}") from None
     print(text, end="")
-    try:
-        saved = save_results(args.input_dir, text, fmt)
-    except OSError as err:  # a read-only sweep folder: the tables were printed all the same
-        print(f"collect_results: could not save the tables in {args.input_dir}: {err}", file=sys.stderr)
-    else:
+    if saved is not None:
         print(f"collect_results: tables saved to {saved}", file=sys.stderr)
 
 

@@ -8,6 +8,7 @@ resumes: finished jobs are not run again.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -44,7 +45,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     code = sweep.main(["launch", "--sweep", sweep_file, "--output_dir", args.output_dir,
                        "--command_launcher", "local", "--skip_confirmation"])
     print(f"\nSweep finished in {time.perf_counter() - start:.0f} s (exit code {code}).\n")
-    print(collect_results.collect(args.output_dir, selection=["training_domain", "oracle"], fmt="text"))
+    try:  # the tables are also saved as results.txt in the sweep folder, as collect_results does
+        tables, saved = collect_results.collect_and_save(args.output_dir, selection=["training_domain", "oracle"])
+    except collect_results.NoRecordsError as err:
+        print(f"demo: {err}", file=sys.stderr)
+        raise SystemExit(code or collect_results.EXIT_NO_RECORDS) from None
+    print(tables)
+    if saved is not None:
+        print(f"Tables saved to {saved}\n")
     print(per_domain_accuracy(args.output_dir))
     sweep_dir = Path(args.output_dir).resolve()
     executed = sweep_dir / "per_domain_accuracy.executed.ipynb"

@@ -4,8 +4,10 @@
         --algorithm ERM_FTLP --test_env 0 [--selection training_domain oracle] [--top 5]
 
 For each selection rule and trial seed, lists the runs best first: validation score,
-test accuracy, chosen step and the hparams, so the winning configuration can be read
-off or reused (``--hparams '<json>'``). Call :func:`list_top_hparams` in-process.
+test accuracy, chosen step and the hparams that differ between the runs listed (a full
+hparams dict is a few hundred characters); those every listed run shares are printed once
+above the rankings. The winning configuration is the shared hparams plus its row's, to
+read off or reuse (``--hparams '<json>'``). Call :func:`list_top_hparams` in-process.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Sequence
+import textwrap
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -41,6 +44,33 @@ def ranked_runs(
     return part.assign(rank=part.groupby("trial_seed").cumcount() + 1).reset_index(drop=True)
 
 
+def _value_key(value: Any) -> str:
+    """A comparable text of an hparam value (lists and dicts included)."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def split_hparams(configs: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """``(shared, varying)`` over ``configs``: the hparams with one value in every config, and
+    the sorted names of those whose value differs or that some config lacks."""
+    names = sorted({name for config in configs for name in config})
+    shared: dict[str, Any] = {}
+    varying = []
+    for name in names:
+        values = {_value_key(config[name]) if name in config else "<missing>" for config in configs}
+        if len(values) == 1 and name in configs[0]:
+            shared[name] = configs[0][name]
+        else:
+            varying.append(name)
+    return shared, varying
+
+
+def _shared_line(shared: Mapping[str, Any], width: int = 100) -> str:
+    if not shared:
+        return "hparams shared by every run listed: none"
+    text = "hparams shared by every run listed: " + ", ".join(f"{k}={_value_key(v)}" for k, v in shared.items())
+    return textwrap.fill(text, width=width, subsequent_indent="    ", break_on_hyphens=False)
+
+
 def list_top_hparams(
     input_dir: str | os.PathLike[str],
     dataset: str,
@@ -63,24 +93,30 @@ def list_top_hparams(
     env_label = names[test_env] if test_env < n_envs else str(test_env)
     out = [load.summarise(), *prepared.notes(), "", f"{dataset} / {algorithm} / test env {test_env} ({env_label})"]
     hparams = df.drop_duplicates("output_dir").set_index("output_dir")["hparams"]
-    for name in selection:
+    rankings = {name: ranked_runs(prepared, name, dataset, algorithm, test_env) for name in selection}
+    if top is not None:
+        rankings = {name: ranked.groupby("trial_seed").head(top) for name, ranked in rankings.items()}
+    listed = sorted({d for ranked in rankings.values() for d in ranked["output_dir"]})
+    shared, varying = split_hparams([hparams.get(d) or {} for d in listed])
+    if listed:
+        out += ["", _shared_line(shared)]
+    for name, ranked in rankings.items():
         method = get_selection_method(name)
-        ranked = ranked_runs(prepared, name, dataset, algorithm, test_env)
         out += ["", f"== {method.title} =="]
         if ranked.empty:
             out.append("no runs can be scored under this rule")
             continue
         for trial, part in ranked.groupby("trial_seed"):
-            part = part if top is None else part.head(top)
             body = [
                 [
                     str(r["rank"]), str(r["hparams_seed"]), format_number(r["val_acc"]), format_number(r["test_acc"]),
                     f"{r['step']} (averaged)" if r["averaged"] else str(r["step"]),
-                    json.dumps(hparams.get(r["output_dir"]), sort_keys=True, default=str),
+                    json.dumps({k: (hparams.get(r["output_dir"]) or {}).get(k, "<missing>") for k in varying},
+                               sort_keys=True, default=str),
                 ]
                 for r in part.to_dict("records")
             ]
-            header = ["rank", "hparams_seed", "val_acc %", "test_acc %", "step", "hparams"]
+            header = ["rank", "hparams_seed", "val_acc %", "test_acc %", "step", "hparams that differ"]
             out += [f"trial_seed {trial}:", format_grid(header, body)]
     return "\n".join(out) + "\n"
 
