@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from domainbed.algorithms.ftlp_config import ABSOLUTE_VAR_FLOOR, RELATIVE_VAR_FLOOR, FTLPConfig
+from domainbed.algorithms.ftlp_config import ABSOLUTE_VAR_FLOOR, LEARNED_VAR_FLOOR, RELATIVE_VAR_FLOOR, FTLPConfig
 from domainbed.lib.errors import UserError
 from domainbed.lib.penalties import gaussian_kl, gaussian_neg_log_prior, inverse_softplus, positive_variance
 
@@ -43,6 +43,13 @@ def channel_variance(f: torch.Tensor) -> torch.Tensor:
     return f.float().var(dim=dims, unbiased=False)
 
 
+def floored_channel_variance(f: torch.Tensor, absolute: float = ABSOLUTE_VAR_FLOOR) -> torch.Tensor:
+    """``max(v_c, 0.1 · mean_c v_c, absolute)``, ``v_c`` the :func:`channel_variance` of ``f``:
+    a channel that hardly varies does not get an enormous weight 1/σ²."""
+    v = channel_variance(f)
+    return torch.maximum(v, torch.clamp(RELATIVE_VAR_FLOOR * v.mean(), min=absolute))
+
+
 class PriorKL(nn.Module):
     """Per-layer variances and ``Σ_l mean KL(P_l ‖ Q_l)`` (fp32) between posterior and prior.
 
@@ -65,7 +72,7 @@ class PriorKL(nn.Module):
             if config.posterior == "sample":
                 setattr(self, f"log_ratio{i}", nn.Parameter(torch.zeros(c)))
         # Kept on the CPU (see _apply): read every step without a device synchronisation.
-        self.register_buffer("calibrated", torch.tensor(config.prior_var != "calibrated"))
+        self.register_buffer("calibrated", torch.tensor(not config.measures_prior))
 
     def __len__(self) -> int:
         return len(self.channels)
@@ -97,13 +104,16 @@ class PriorKL(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, prior_features: list[torch.Tensor]) -> None:
-        """σ²_Q,l = κ · max(v_c, 0.1 · mean_c v_c, 1e-6) with ``v_c`` the prior's per-channel
-        variance on this batch (only with ``ftlp_prior_var = calibrated``)."""
-        if self.config.prior_var == "calibrated":
-            for i, f in enumerate(prior_features):
-                v = channel_variance(f)
-                floor = torch.clamp(RELATIVE_VAR_FLOOR * v.mean(), min=ABSOLUTE_VAR_FLOOR)
-                getattr(self, f"var_q{i}").copy_(self.config.kappa * torch.maximum(v, floor))
+        """With ``ftlp_prior_var = calibrated``: σ²_Q,l = κ · max(v_c, 0.1 · mean_c v_c, 1e-6),
+        ``v_c`` the prior's per-channel variance on this batch (ddof 0). With a learned σ²_Q
+        started from the prior (``learned_var_init = prior``, MIRO's ``miro_var_init``): its
+        start value ``softplus(b) + 1e-5`` = max(v_c, 0.1 · mean_c v_c, 1e-4)."""
+        for i, f in enumerate(prior_features):
+            if self.config.prior_var == "calibrated":
+                getattr(self, f"var_q{i}").copy_(self.config.kappa * floored_channel_variance(f))
+            elif self.config.prior_var == "learned" and self.config.learned_var_init == "prior":
+                raw = getattr(self, f"raw_var_q{i}")
+                raw.copy_(inverse_softplus(floored_channel_variance(f, LEARNED_VAR_FLOOR)).to(raw.device))
         self.calibrated.fill_(True)
 
     def forward(self, posterior: list[torch.Tensor], prior: list[torch.Tensor]) -> torch.Tensor:
