@@ -138,10 +138,14 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
                  seed: int = 0, max_iter: int = 1000, c: float = 1.0) -> dict[str, Any]:
     """Fit a multinomial logistic regression (L2, ``C = c``, L-BFGS) on standardised
     ``train_x`` and score it; returns test and train accuracy and whether L-BFGS converged."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    try:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:
+        raise UserError("the prior probe's classifier needs scikit-learn: pip install 'domainbed[assets]' "
+                        "(or pip install scikit-learn)") from None
 
     if len(np.unique(train_y)) < 2:
         raise UserError("the probe's training domains hold a single class: a classifier needs at least two; "
