@@ -14,7 +14,9 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned to the release this project is tested with.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[assets,test]'
+	# assets: the bundled data and weights; notebook: what the demo executes the notebook with,
+	# and `jupyter notebook`; test: pytest and ruff (both commands share this one environment).
+	$(PY) -m pip install --quiet -e '.[assets,notebook,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)

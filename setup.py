@@ -14,6 +14,10 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "domainbed" / "version.
 # (domainbed.lib.resources.path finds either).
 RESOURCES = {"sweeps": ["*.json"], "notebooks": ["*.ipynb"]}
 
+# What executing a notebook needs (nbclient runs it on an ipykernel) and what opening one needs
+# (the classic `jupyter notebook` command, from the notebook package).
+NOTEBOOK = ["nbformat>=5", "nbclient>=0.8", "ipykernel>=6", "notebook>=7"]
+
 setup(
     name="domainbed",
     version=VERSION,
@@ -48,6 +52,9 @@ setup(
         # The `wilds` package (Camelyon17, FMoW). Training reads its on-disk format without it;
         # the tests cross-check that reading against the package itself.
         "wilds": ["wilds>=2.0"],
-        "test": ["pytest>=7", "nbformat>=5", "nbclient>=0.8", "ipykernel>=6", "wilds>=2.0", "ruff>=0.6"],
+        # Running notebooks headless (the demo, run_notebook) and opening them: `jupyter notebook`.
+        "notebook": NOTEBOOK,
+        # The test suite: it executes the notebook, and cross-checks the wilds reader.
+        "test": ["pytest>=7", "wilds>=2.0", "ruff>=0.6", *NOTEBOOK],
     },
 )

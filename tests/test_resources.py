@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import fixtures_wheel
 import pytest
 
 from domainbed.lib import resources
@@ -45,18 +45,7 @@ print(json.dumps({
 
 @pytest.mark.slow
 def test_resources_resolve_from_a_built_wheel(tmp_path: Path) -> None:
-    # Build from a copy of the sources, so that the build leaves nothing in the checkout.
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("setup.py", "README.md", "LICENSE", "domainbed", "sweeps", "notebooks"):
-        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
-        copy(REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
-    wheels = tmp_path / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(wheels), str(src)],
-        check=True, cwd=tmp_path, capture_output=True,
-    )
-    (wheel,) = wheels.glob("domainbed-*.whl")
+    wheel = fixtures_wheel.build_wheel(tmp_path)  # from a copy of the sources: the checkout stays clean
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(site)

@@ -32,7 +32,10 @@ def execute(notebook: Path, sweep_dir: Path, output: Path, timeout: int = 600) -
         import nbformat
         from nbclient import NotebookClient
     except ImportError:
-        raise SystemExit("error: executing notebooks needs the test extras: pip install -e '.[test]'") from None
+        raise SystemExit(
+            "error: executing notebooks needs the notebook extra (nbformat, nbclient, ipykernel, notebook): "
+            "pip install 'domainbed[notebook]' (in a checkout: pip install -e '.[notebook]')"
+        ) from None
     if not sweep_dir.is_dir():
         raise SystemExit(f"error: sweep folder {sweep_dir} does not exist; run a sweep first (e.g. make demo)")
     nb = nbformat.read(str(notebook), as_version=4)
