@@ -15,6 +15,7 @@ own hparams (tests/test_hparams_domainbed.py lists them).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -45,10 +46,10 @@ def hparam_specs(algorithm: str, dataset: str | type[MultipleDomainDataset]) -> 
         specs[name] = spec.resolve(family) if isinstance(spec, PerFamily) else spec
     for name, like in data.HPARAMS_FOLLOW.items():
         if name in specs:
-            specs[name] = HParam(specs[like].default, specs[like].sample, specs[name].help)
+            specs[name] = replace(specs[name], default=specs[like].default, sample=specs[like].sample)
     for name, value in data.hparam_defaults().items():
         if name in specs:
-            specs[name] = HParam(value, specs[name].sample, specs[name].help)
+            specs[name] = replace(specs[name], default=value)
     return specs
 
 
@@ -84,7 +85,12 @@ def get_hparams(
     trial_seed: int = 0,
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The hparams of one run: defaults or a random draw, then validated user overrides."""
+    """The hparams of one run: defaults or a random draw, then validated user overrides.
+
+    Every categorical hparam (one declared with ``choices``) is checked here, at start-up,
+    whatever set it: a value outside its choices is a :class:`UserError`.
+    """
+    specs = hparam_specs(algorithm, dataset)
     if hparams_seed == 0:
         hparams = default_hparams(algorithm, dataset)
     else:
@@ -96,4 +102,6 @@ def get_hparams(
             f"Valid keys: {', '.join(sorted(hparams))}"
         )
     hparams.update(overrides or {})
+    for name, spec in specs.items():
+        spec.check(name, hparams[name])
     return hparams

@@ -115,3 +115,29 @@ def test_families_are_declared_on_their_base_classes(tmp_path):
     folder = hr.default_hparams("ERM_FTLP", str(tmp_path))
     assert (folder["backbone"], folder["lr"], folder["batch_size"]) == ("resnet50", 5e-5, 32)
     assert folder["ftlp_lambda"] == get_algorithm_class("ERM_FTLP").hparam_specs()["ftlp_lambda"].default != 0.01
+
+
+def test_categorical_hparams_refuse_values_outside_their_choices_at_start_up():
+    """Whatever sets the value (default, draw or --hparams), get_hparams checks it."""
+    for name, bad in (("ftlp_prior_var", "learnt"), ("ftlp_layers", "everything"), ("ftlp_posterior", "mean"),
+                      ("ftlp_control", "random"), ("precision", "fp8")):
+        with pytest.raises(ValueError, match=f"hparam {name} must be one of"):
+            hr.get_hparams("ERM_FTLP", "PACS", overrides={name: bad})
+    with pytest.raises(ValueError, match="hparam miro_var_init must be one of published, prior"):
+        hr.get_hparams("MIRO", "PACS", overrides={"miro_var_init": "value"})
+    # Declared although random search never draws it (it needs the point posterior).
+    assert hr.get_hparams("ERM_FTLP", "PACS", overrides={"ftlp_prior_var": "learned"})["ftlp_prior_var"] == "learned"
+    assert "learned" in hr.hparam_specs("ERM_FTLP", "PACS")["ftlp_prior_var"].choices
+    # A numeric choice() is a search grid, not a list of allowed values.
+    assert hr.get_hparams("ERM", "PACS", overrides={"resnet_dropout": 0.2})["resnet_dropout"] == 0.2
+
+
+def test_defaults_and_draws_of_categorical_hparams_are_among_their_choices():
+    from domainbed.algorithms.registry import algorithm_names
+
+    for algorithm in algorithm_names():
+        for dataset in ("PACS", "Debug28"):
+            specs = hr.hparam_specs(algorithm, dataset)
+            for hparams_seed in (0, 1, 2, 3):
+                h = hr.get_hparams(algorithm, dataset, hparams_seed, 0)  # raises if one is outside
+                assert all(h[n] in s.choices for n, s in specs.items() if s.choices)

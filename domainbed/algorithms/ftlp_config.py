@@ -21,15 +21,20 @@ LEARNED_VAR_INIT_CHOICES = ("value", "prior")
 FTLP_HPARAMS: dict[str, HParam] = {
     "ftlp_lambda": HParam(0.1, log_uniform(-3, 0), "weight λ of the prior KL"),
     "ftlp_posterior": HParam("point", choice(*POSTERIOR_CHOICES),
-                             "sample: the network reads z = f + σ_P ε in training; point: no noise, σ_P tied to σ_Q"),
-    "ftlp_layers": HParam("final", choice(*LAYER_CHOICES), "final pooled features, stem+stage outputs, or all"),
+                             "sample: the network reads z = f + σ_P ε in training; point: no noise, σ_P tied to σ_Q",
+                             choices=POSTERIOR_CHOICES),
+    "ftlp_layers": HParam("final", choice(*LAYER_CHOICES), "final pooled features, stem+stage outputs, or all",
+                          choices=LAYER_CHOICES),
+    # Random search leaves out `learned`: it is refused with a sampled posterior.
     "ftlp_prior_var": HParam("calibrated", choice("calibrated", "fixed"),
                              "σ²_Q: κ × the prior's per-channel feature variance on the first batch (calibrated), "
-                             "ftlp_var_init (fixed), or learned per channel (point posterior only: MIRO)"),
+                             "ftlp_var_init (fixed), or learned per channel (point posterior only: MIRO)",
+                             choices=PRIOR_VAR_CHOICES),
     "ftlp_kappa": HParam(0.1, choice(0.03, 0.1, 0.3, 1.0), "κ: σ²_Q = κ × the prior's per-channel feature variance"),
     "ftlp_var_init": HParam(0.1, choice(0.01, 0.1, 1.0), "σ²_Q when fixed, or its initial value when learned"),
     "ftlp_encoder_lr_mult": HParam(10.0, choice(1.0, 10.0), "lr multiplier of the posterior/prior variances"),
-    "ftlp_control": HParam("none", help="shuffled: the KL sees the prior's features of other images of the batch (control)"),
+    "ftlp_control": HParam("none", help="shuffled: the KL sees the prior's features of other images of the batch (control)",
+                           choices=CONTROL_CHOICES),
 }
 
 # σ²_Q per channel is floored at this fraction of the layer's mean prior variance, so a

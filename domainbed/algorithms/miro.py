@@ -36,7 +36,8 @@ class MIRO(FTLP, ERM):
     HPARAMS = {
         "ftlp_lambda": HParam(0.1, log_uniform(-3, 0), "MIRO's λ (0.01 PACS/VLCS, 0.1 OfficeHome/TerraInc/DomainNet)"),
         "miro_var_init": HParam("published", help="start of the learned per-channel variance: published (0.1) or "
-                                                  "prior (the prior's per-channel feature variance on the first batch)"),
+                                                  "prior (the prior's per-channel feature variance on the first batch)",
+                                choices=tuple(MIRO_VAR_INITS)),
     }
 
     HPARAMS_FIXED = tuple(name for name in FTLP_HPARAMS if name != "ftlp_lambda")

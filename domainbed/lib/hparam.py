@@ -1,7 +1,8 @@
 """One hyper-parameter's declaration: its default and its random-search distribution.
 
-This module imports nothing of ours, so algorithms and datasets can declare their hparams
-where they are defined without importing the hparams registry (which merges and samples).
+This module imports nothing of ours but the error type, so algorithms and datasets can
+declare their hparams where they are defined without importing the hparams registry
+(which merges, samples and checks).
 Samplers take a ``numpy.random.RandomState`` and make exactly the calls DomainBed's
 distributions make, so a draw from the same seed gives the same value.
 """
@@ -13,6 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from domainbed.lib.errors import UserError
+
 Sampler = Callable[[np.random.RandomState], Any]
 
 # Dataset families whose images are 28 px digits (DomainBed's SMALL_IMAGES): their
@@ -22,11 +25,21 @@ SMALL_FAMILIES = frozenset({"mnist", "debug28"})
 
 @dataclass(frozen=True)
 class HParam:
-    """One hyper-parameter: its default and its random-search distribution."""
+    """One hyper-parameter: its default, its random-search distribution and, for a
+    categorical one, the values it accepts (``choices``; the search may draw from fewer).
+
+    A numeric ``choice(...)`` distribution is only a search grid: any value is accepted.
+    """
 
     default: Any
     sample: Sampler | None = None  # None: the default is also used by random search
     help: str = ""
+    choices: tuple[Any, ...] = ()  # empty: any value
+
+    def check(self, name: str, value: Any) -> None:
+        """Refuse a value outside ``choices`` (with a message naming them)."""
+        if self.choices and value not in self.choices:
+            raise UserError(f"hparam {name} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
 
     def draw(self, rng: np.random.RandomState) -> Any:
         return self.default if self.sample is None else self.sample(rng)
