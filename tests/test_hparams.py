@@ -123,6 +123,8 @@ def test_categorical_hparams_refuse_values_outside_their_choices_at_start_up():
                       ("ftlp_control", "random"), ("precision", "fp8")):
         with pytest.raises(ValueError, match=f"hparam {name} must be one of"):
             hr.get_hparams("ERM_FTLP", "PACS", overrides={name: bad})
+    with pytest.raises(ValueError, match="hparam swad_rule must be one of official, paper"):
+        hr.get_hparams("SWAD", "PACS", overrides={"swad_rule": "ours"})
     with pytest.raises(ValueError, match="hparam miro_var_init must be one of published, prior"):
         hr.get_hparams("MIRO", "PACS", overrides={"miro_var_init": "value"})
     # Declared although random search never draws it (it needs the point posterior).

@@ -1,5 +1,5 @@
 """Weight averaging for SWAD (domainbed/lib/weight_averaging.py): means checked against
-means of cloned snapshots, the accepted window against the hand-worked loss sequence of
+means of cloned snapshots, the accepted segments against the hand-worked loss sequence of
 test_loss_valley.py, and the checkpoint format against a state written by hand."""
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from torch import nn
 from domainbed.lib.weight_averaging import SegmentAverager, WeightAverager
 
 # Hand-worked in test_loss_valley.py (n_converge=3, n_tolerance=6, tolerance_ratio=0.3):
-# the valley starts at segment 4 accepting 2, 3, 4, then accepts 5, 6, 7 and ends at 13.
+# the valley starts at call 4 and ends at call 13; official adds segments 2, 3 at the start
+# and then 2, 3, 4, 5, 6, 7 (one equal share each); paper takes 2..7, each step once.
 VALLEY_LOSSES = [5.0, 4.0, 3.0, 3.5, 3.8, 3.2, 3.0, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0]
-VALLEY_ACCEPTED = [2, 3, 4, 5, 6, 7]
+VALLEY_OFFICIAL = [2, 3, 2, 3, 4, 5, 6, 7]
+VALLEY_PAPER = [2, 3, 4, 5, 6, 7]
 
 
 def _set_weights(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
@@ -72,6 +74,21 @@ def test_weight_averager_mean_and_merge() -> None:
     torch.testing.assert_close(first.mean_state()["0.weight"].double(), _mean_of(snaps, "0.weight"), rtol=1e-6, atol=1e-6)
 
 
+def test_weight_averager_add_mean_gives_each_average_one_share() -> None:
+    """As SWAD's released code folds segment averages into a running mean."""
+    short, long, total = WeightAverager(), WeightAverager(), WeightAverager()
+    short.add({"w": torch.tensor([1.0]), "n": torch.tensor(1)})
+    for v in (2.0, 4.0, 6.0):
+        long.add({"w": torch.tensor([v]), "n": torch.tensor(int(v))})
+    for part in (short, long, long):
+        total.add_mean(part)
+    # (1 + 4 + 4) / 3: the one-step segment weighs as much as the three-step one.
+    assert total.count == 3 and total.mean_state()["w"].item() == pytest.approx(3.0)
+    assert total.mean_state()["n"].item() == 6  # integer entries from the latest added
+    total.add_mean(WeightAverager())  # an empty one adds nothing
+    assert total.count == 3
+
+
 def test_weight_averager_sums_half_precision_in_float32_and_checks_keys() -> None:
     model = nn.Linear(4, 3).to(torch.bfloat16)
     averager = WeightAverager()
@@ -125,9 +142,16 @@ def _predictive_state(model: _WithPrior) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("prior.")}
 
 
-def test_segment_averager_averages_exactly_the_accepted_segments() -> None:
+def _mean_of_segments(per_segment: list[list[dict[str, torch.Tensor]]], additions: list[int], key: str) -> torch.Tensor:
+    """One equal share per addition: the mean of the added segments' means."""
+    return torch.stack([_mean_of(per_segment[i], key) for i in additions]).mean(0)
+
+
+@pytest.mark.parametrize("rule", ["official", "paper"])
+def test_segment_averager_averages_exactly_the_accepted_segments(rule: str) -> None:
     model = _WithPrior()
-    swad = SegmentAverager(n_converge=3, n_tolerance=6, tolerance_ratio=0.3)
+    swad = SegmentAverager(n_converge=3, n_tolerance=6, tolerance_ratio=0.3, rule=rule)
+    additions = VALLEY_OFFICIAL if rule == "official" else VALLEY_PAPER
     per_segment: list[list[dict[str, torch.Tensor]]] = []
     seed = 0
     for index, loss in enumerate(VALLEY_LOSSES):
@@ -139,11 +163,11 @@ def test_segment_averager_averages_exactly_the_accepted_segments() -> None:
             swad.step(_predictive_state(model))
         per_segment.append(snaps)
         swad.end_segment(loss)
-        # Only undecided segments are held (and checkpointed).
+        # Only the segments the valley may still add are held (and checkpointed).
         assert len(swad.state_dict()["segments"]) <= 6
         assert swad.has_average == (index >= 4)
     assert swad.should_stop
-    assert swad.valley.accepted_segments == VALLEY_ACCEPTED
+    assert swad.valley.accepted_segments == additions
 
     before = {k: v.clone() for k, v in swad.averaged_state().items()}
     _set_weights(model, seed=999)
@@ -152,10 +176,17 @@ def test_segment_averager_averages_exactly_the_accepted_segments() -> None:
     assert swad.state_dict()["segments"] == {} and not swad.is_fallback
 
     state = swad.averaged_state()
-    accepted_steps = [s for i in VALLEY_ACCEPTED for s in per_segment[i]]
+    accepted_steps = [s for i in additions for s in per_segment[i]]
+
+    def expected(key: str) -> torch.Tensor:
+        # official: equal shares per addition; paper: count-weighted (each step once).
+        if rule == "official":
+            return _mean_of_segments(per_segment, additions, key)
+        return _mean_of(accepted_steps, key)
+
     assert list(state) == list(_predictive_state(model))
     for key in ("net.weight", "net.bias", "bn.weight", "bn.running_mean"):
-        torch.testing.assert_close(state[key].double(), _mean_of(accepted_steps, key), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(state[key].double(), expected(key), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(state[key], before[key])
     # Integer buffers come from the newest accepted step (the last of segment 7).
     last_seed_of_segment_7 = sum(i % 3 + 1 for i in range(8))
@@ -164,9 +195,7 @@ def test_segment_averager_averages_exactly_the_accepted_segments() -> None:
     prior_before = model.prior.weight.detach().clone()
     swad.load_into(model)
     assert torch.equal(model.prior.weight, prior_before)  # entries not averaged are left alone
-    torch.testing.assert_close(
-        model.net.weight.double(), _mean_of(accepted_steps, "net.weight"), rtol=1e-6, atol=1e-6
-    )
+    torch.testing.assert_close(model.net.weight.double(), expected("net.weight"), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="lacks"):
         swad.load_into(nn.Linear(3, 2))
 
@@ -218,34 +247,43 @@ def test_segment_averager_resumes_to_the_uninterrupted_average() -> None:
     run(uninterrupted, range(6, len(VALLEY_LOSSES)))
     for swad in (uninterrupted, resumed):
         swad.finish()
-    assert resumed.valley.accepted_segments == uninterrupted.valley.accepted_segments == VALLEY_ACCEPTED
+    assert resumed.valley.accepted_segments == uninterrupted.valley.accepted_segments == VALLEY_OFFICIAL
     expected, got = uninterrupted.averaged_state(), resumed.averaged_state()
     for key in expected:
         assert torch.equal(got[key], expected[key]), key
 
 
-def test_segment_averager_loads_the_checkpoint_layout_written_so_far() -> None:
-    """The SWAD state inside checkpoint.pt, written out by hand in the layout every version
-    so far has saved: after segment 0 (weights w=[1,2], [3,4]; loss 1.0, so with
-    n_converge=1 it is accepted at once, threshold 1.3) and one step w=[5,6] of segment 1."""
+def test_segment_averager_loads_the_checkpoint_layout() -> None:
+    """The SWAD state inside checkpoint.pt, written out by hand in the layout it is saved
+    in: n_converge=1, n_tolerance=2, after segment 0 (weights w=[1,2], [3,4]; loss 1.0, so
+    the valley starts at once with k=0, threshold 1.3; official adds nothing yet: of the
+    first 2 watched segments only 0 exists, and the first is left out) and one step w=[5,6]
+    of segment 1. A state of the earlier rule (before swad_rule) is refused by name."""
     def sums(count: int, w: list[float], n: int) -> dict:
         return {"count": count, "order": ["w", "n"], "sums": {"w": torch.tensor(w)},
                 "latest": {"n": torch.tensor(n)}, "dtypes": {"w": "float32", "n": "int64"}}
 
+    empty = {"count": 0, "order": [], "sums": {}, "latest": {}, "dtypes": {}}
     saved = {
-        "valley": {"n_segments": 1, "window": [], "pending": [], "threshold": 1.3,
-                   "ended": False, "finished": False, "accepted": [0]},
-        "final": sums(2, [4.0, 6.0], 3), "current": sums(1, [5.0, 6.0], 5), "segments": {},
+        "valley": {"rule": "official", "n_segments": 1, "window": [], "watch": [[0, 1.0]], "tail": [],
+                   "start": 0, "threshold": 1.3, "ended": False, "finished": False, "accepted": []},
+        "final": empty, "current": sums(1, [5.0, 6.0], 5), "segments": {"0": sums(2, [4.0, 6.0], 3)},
         "last_closed": sums(2, [4.0, 6.0], 3), "finished": False,
     }
     swad = SegmentAverager(n_converge=1, n_tolerance=2, tolerance_ratio=0.3)
     swad.load_state_dict(_round_trip(saved))
     swad.step({"w": torch.tensor([7.0, 8.0]), "n": torch.tensor(7)})
-    swad.end_segment(1.0)  # pending: 1.0 <= 1.3, accepted at finish()
-    swad.finish()
+    swad.end_segment(1.0)  # watch [0, 1] starts at k, min 1.0 <= 1.3: adds 0
+    swad.finish()  # drops 0, adds 1 (1.0 <= 1.3)
     state = swad.averaged_state()
-    # (1,2) + (3,4) + (5,6) + (7,8) over four steps.
+    # Segment means (2, 3) and (6, 7), one share each.
     assert state["w"].tolist() == [4.0, 5.0] and state["n"].item() == 7
+    assert swad.valley.accepted_segments == [0, 1]
     assert set(swad.state_dict()) == set(saved)
-    assert set(swad.state_dict()["final"]) == set(saved["final"])
+    assert set(swad.state_dict()["final"]) == set(sums(1, [0.0], 0))
     assert set(swad.state_dict()["valley"]) == set(saved["valley"])
+
+    earlier = {**saved, "valley": {"n_segments": 1, "window": [], "pending": [], "threshold": 1.3,
+                                   "ended": False, "finished": False, "accepted": [0]}}
+    with pytest.raises(ValueError, match="earlier loss-valley rule"):
+        SegmentAverager(n_converge=1, n_tolerance=2, tolerance_ratio=0.3).load_state_dict(_round_trip(earlier))

@@ -2,9 +2,12 @@
 
 Weights are summed at every step inside segments between evaluations. The valley starts
 when the oldest of the last ``swad_n_converge`` segments has the lowest training-domain
-validation loss; it ends (and training stops) once the next ``swad_n_tolerance`` segments
-all exceed ``mean(window) × (1 + swad_tolerance_ratio)``. The averaged model is what
-``eval_network()`` returns once averaging has begun, and what is saved and reported.
+validation loss; it ends (and training stops) once the last ``swad_n_tolerance`` segments
+all exceed ``mean(window) × (1 + swad_tolerance_ratio)``. Which segments are averaged,
+and with what weights, follows ``swad_rule`` (``lib/loss_valley.py``): by default what the
+authors' released code computes. The averaged model is what ``eval_network()`` returns
+once averaging has begun, and what is saved and reported; as in that code, its BatchNorm
+statistics are recomputed on 500 training batches unless BatchNorm is frozen.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.batchnorm import recompute_bn
 from domainbed.lib.hparam import HParam
+from domainbed.lib.loss_valley import RULES
 from domainbed.lib.weight_averaging import SegmentAverager
 
 
@@ -36,7 +40,10 @@ class SWAD(ERM):
         "swad_n_converge": HParam(3, help="segments in the window that detects the valley's start"),
         "swad_n_tolerance": HParam(6, help="segments above the threshold that end the valley"),
         "swad_tolerance_ratio": HParam(0.3, help="threshold = mean window loss × (1 + ratio); 0.2 for VLCS"),
-        "swad_bn_batches": HParam(50, help="batches used to recompute BatchNorm statistics when BN is not frozen"),
+        "swad_bn_batches": HParam(500, help="batches used to recompute BatchNorm statistics when BN is not frozen (SWAD's code: 500)"),
+        "swad_rule": HParam("official", help="official: the segments and equal per-segment weights of SWAD's released code; "
+                            "paper: from the lowest-loss segment to the valley's end, each step once (lib/loss_valley.py)",
+                            choices=RULES),
     }
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, num_domains: int, hparams: Mapping[str, Any]):
@@ -44,7 +51,8 @@ class SWAD(ERM):
         h = self.hparams
         # Not registered submodules: the averages are not trained, and not part of state_dict().
         object.__setattr__(self, "swad", SegmentAverager(
-            int(h["swad_n_converge"]), int(h["swad_n_tolerance"]), float(h["swad_tolerance_ratio"])))
+            int(h["swad_n_converge"]), int(h["swad_n_tolerance"]), float(h["swad_tolerance_ratio"]),
+            str(h.get("swad_rule", "official"))))  # absent from the hparams of runs saved before it existed
         object.__setattr__(self, "_averaged", None)
 
     # state_dict() carries the averaging state, so a resumed run continues the same average.

@@ -1,17 +1,18 @@
 """Dense weight averaging over a window chosen after the fact (SWAD, arXiv 2102.08604).
 
 :class:`WeightAverager` keeps running *sums* of a state dict; :class:`SegmentAverager`
-keeps one per segment (the steps between two evaluations) and merges into the final
-average exactly the segments :class:`domainbed.lib.loss_valley.LossValley` accepts.
+keeps one per segment (the steps between two evaluations) and adds to the final average
+exactly the segments :class:`domainbed.lib.loss_valley.LossValley` accepts: each as one
+equal share (its mean) under ``swad_rule = official``, count-weighted (each step the
+same) under ``paper``.
 
 How this differs from ``torch.optim.swa_utils``:
 
 - ``AveragedModel.update_parameters`` folds each call into a running mean at once, so
   the caller must know, while training, which steps belong to the average. SWAD learns
-  it late: the valley's first segment is accepted ``n_converge - 1`` evaluations after
-  it closed, and each later segment up to ``n_tolerance - 1`` evaluations after (or at
-  the end of training). A running mean cannot drop steps afterwards; separate
-  per-segment sums can be merged (count-weighted) or thrown away once decided.
+  it late (a segment is judged up to ``max(n_converge, n_tolerance) - 1`` evaluations
+  after it closed, or at the end of training). A running mean cannot drop steps
+  afterwards; separate per-segment sums can be added later or thrown away once decided.
 - ``AveragedModel`` interpolates in each parameter's own dtype; the sums here are kept in
   at least float32 (``torch.promote_types(dtype, float32)``) and divided once, so a
   bfloat16 or float16 model is averaged in float32 and cast back at the end.
@@ -134,6 +135,30 @@ class WeightAverager:
                 self._latest[key] = other._latest[key].clone()
         self.count += other.count
 
+    def add_mean(self, other: WeightAverager) -> None:
+        """Add ``other``'s mean as one more equally weighted item (count + 1), as SWAD's
+        released code folds each segment's average into a running mean.
+
+        ``other`` is taken as the more recent one: its integer entries replace ours.
+        """
+        if other.count == 0:
+            return
+        if self.count == 0:
+            self._order = list(other._order)
+            self._dtypes = dict(other._dtypes)
+            self._sums = {k: v / other.count for k, v in other._sums.items()}
+            self._latest = {k: v.clone() for k, v in other._latest.items()}
+        else:
+            self._check_keys(other._order)
+            for key, total in self._sums.items():
+                addend = other._sums[key]
+                if total.device != addend.device:
+                    total = self._sums[key] = total.to(addend.device)
+                total.add_(addend / other.count)
+            for key in self._latest:
+                self._latest[key] = other._latest[key].clone()
+        self.count += 1
+
     def mean_state(self) -> dict[str, Tensor]:
         """The averaged state, in the original key order and dtypes."""
         if self.count == 0:
@@ -164,14 +189,14 @@ class SegmentAverager:
         swad.load_into(predictor)
 
     Memory: besides the final sums, it holds the sums of the open segment and of the
-    undecided closed ones only (at most ``max(n_converge, n_tolerance)`` of them).
+    closed ones the valley may still add (about ``max(n_converge, n_tolerance)``).
 
     If the valley never started, :meth:`averaged_state` after :meth:`finish` falls back,
     as SWAD does, to the average of the last closed segment (:attr:`is_fallback`).
     """
 
-    def __init__(self, n_converge: int, n_tolerance: int, tolerance_ratio: float) -> None:
-        self.valley = LossValley(n_converge, n_tolerance, tolerance_ratio)
+    def __init__(self, n_converge: int, n_tolerance: int, tolerance_ratio: float, rule: str = "official") -> None:
+        self.valley = LossValley(n_converge, n_tolerance, tolerance_ratio, rule)
         self._final = WeightAverager()
         self._current = WeightAverager()
         self._segments: dict[int, WeightAverager] = {}
@@ -259,7 +284,10 @@ class SegmentAverager:
 
     def _apply(self, event: ValleyEvent) -> None:
         for index in event.accepted:
-            self._final.merge(self._segments[index])
+            if self.valley.equal_segment_weights:
+                self._final.add_mean(self._segments[index])
+            else:
+                self._final.merge(self._segments[index])
         for index in [i for i in self._segments if i < event.discard_before]:
             del self._segments[index]
 
