@@ -4,6 +4,18 @@ One factory serves every backbone: DomainBed's small MNIST CNN, and timm models
 (ResNet-18/50 take torchvision's ImageNet weights, which timm's ResNets accept key for key;
 EfficientNet-Lite0, ViT-B/16, or any other timm name). Intermediate features come from
 timm's ``forward_intermediates`` in the same forward pass as the pooled features.
+
+Which tensor each intermediate is (FT-LP's ``stages`` layers and MIRO's regularised
+features; :func:`intermediate_taps` lists them with their strides):
+
+- ResNet-18/50: the stem at the max-pool output (stride 4), as MIRO's released code taps
+  it, then the outputs of layer1..layer4 (strides 4, 8, 16, 32). timm's own first
+  intermediate is the stem before the max-pool (stride 2); the featurizer pools it.
+- EfficientNet (Lite0 included): the blocks timm's ``feature_info`` names, i.e. the last
+  block of each stage where the resolution drops: blocks.0, 1, 2, 4, 6 (strides 2, 4, 8,
+  16, 32). The stem convolution alone is not tapped.
+- mnist_cnn: the output of each of its four blocks (strides 1, 2, 2, 2).
+- Other timm models: whatever their ``feature_info`` names.
 """
 
 from __future__ import annotations
@@ -43,6 +55,12 @@ class Features(NamedTuple):
 
 def _is_resnet(name: str) -> bool:
     return name.startswith("resnet")
+
+
+def _taps_stem_before_maxpool(trunk: nn.Module) -> bool:
+    """A timm ResNet, whose first intermediate is the stem before its max-pool."""
+    info = getattr(trunk, "feature_info", None)
+    return isinstance(getattr(trunk, "maxpool", None), nn.MaxPool2d) and bool(info) and info[0]["module"] in ("act1", "maxpool")
 
 
 def create_trunk(name: str, input_shape: tuple[int, ...], pretrained: bool, weights_path: str | None) -> nn.Module:
@@ -106,6 +124,12 @@ class Featurizer(nn.Module):
         self.n_outputs = int(trunk.num_features)
         self.dropout = nn.Dropout(dropout)
         self.freeze_bn = freeze_bn
+        # MIRO regularises a ResNet's stem at the max-pool output: pool timm's stem
+        # intermediate, and name maxpool in feature_info (the modules whose outputs the
+        # intermediates are; FT-LP's noise hooks attach there).
+        self._pool_stem = _taps_stem_before_maxpool(trunk)
+        if self._pool_stem:
+            trunk.feature_info[0] = {**trunk.feature_info[0], "module": "maxpool", "reduction": 4}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.trunk(self._rescale(x)))
@@ -117,6 +141,10 @@ class Featurizer(nn.Module):
         if not intermediates:
             return Features(self(x))
         last, inter = self.trunk.forward_intermediates(self._rescale(x))
+        if self._pool_stem:
+            # The tensor layer1 received: .forward() leaves maxpool's hooks alone (they
+            # already ran inside forward_intermediates).
+            inter = [self.trunk.maxpool.forward(inter[0]), *inter[1:]]
         pooled = self.trunk.forward_head(last, pre_logits=True)
         return Features(self.dropout(pooled), tuple(inter))
 
@@ -129,6 +157,13 @@ class Featurizer(nn.Module):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self
+
+
+def intermediate_taps(featurizer: Featurizer) -> list[tuple[str, int]]:
+    """The trunk module whose output each intermediate is, with its stride (input size over
+    feature-map size), in the order ``forward_features(x, intermediates=True)`` returns them."""
+    info = getattr(featurizer.trunk, "feature_info", None) or []
+    return [(str(i["module"]), int(i.get("reduction", 0))) for i in info]
 
 
 def resolve_backbone_name(hparams: Mapping[str, Any]) -> str:

@@ -21,8 +21,13 @@ class MNISTConvNet(nn.Module):
             for cin, cout, s in widths
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        # As timm models describe theirs: the module whose output is each intermediate.
-        self.feature_info = [{"module": f"blocks.{i}", "num_chs": cout} for i, (_, cout, _) in enumerate(widths)]
+        # As timm models describe theirs: the module whose output is each intermediate, and
+        # its stride (reduction) relative to the input.
+        self.feature_info = []
+        reduction = 1
+        for i, (_, cout, stride) in enumerate(widths):
+            reduction *= stride
+            self.feature_info.append({"module": f"blocks.{i}", "num_chs": cout, "reduction": reduction})
 
     def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Same API as timm: the last feature map and the output of every block."""
