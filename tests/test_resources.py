@@ -73,4 +73,6 @@ def test_resources_resolve_from_a_built_wheel(tmp_path: Path) -> None:
     assert status.returncode == 0, status.stderr
     # offline_demo: ERM and ERM_FTLP x test env 5 x hparams seed 0 x 3 trials, nothing run yet.
     assert "6 jobs: 0 done, 0 incomplete, 6 not launched." in status.stdout
-    assert any(line.split() == ["RotatedMNISTSubset", "ERM_FTLP", "0", "0", "3"] for line in status.stdout.splitlines())
+    # columns: done, running, interrupted, failed, not launched
+    assert any(line.split() == ["RotatedMNISTSubset", "ERM_FTLP", "0", "0", "0", "0", "3"]
+               for line in status.stdout.splitlines())

@@ -440,7 +440,7 @@ def test_crash_keeps_traceback_and_is_counted_incomplete(tmp_path, monkeypatch, 
     assert [r["step"] for r in read_jsonl(job.output_dir / "results.jsonl")] == [0, 2]
     capsys.readouterr()
     assert sweep.main(["status", *sweep_argv(sweep_dir)]) == 0
-    assert "1 jobs: 0 done, 1 incomplete, 0 not launched." in capsys.readouterr().out
+    assert "1 jobs: 0 done, 1 incomplete (1 failed), 0 not launched." in capsys.readouterr().out
     assert load_records(sweep_dir).n_incomplete == 1
     with pytest.raises(collect_results.NoRecordsError, match="1 job folder.* without a 'done' file"):
         collect_results.collect(sweep_dir)  # nothing finished to tabulate: says so, and what to pass

@@ -294,9 +294,10 @@ def test_failing_job_stays_incomplete_and_delete_incomplete_removes_only_those(
     capsys.readouterr()
     assert sweep.main(sweep_args(fake, "status")) == 0
     out = capsys.readouterr().out
-    assert "4 jobs: 2 done, 2 incomplete, 0 not launched." in out
-    assert any(line.split() == ["Fake3", "CORAL", "0", "2", "0"] for line in out.splitlines())
-    assert any(line.split() == ["Fake3", "ERM", "2", "0", "0"] for line in out.splitlines())
+    assert "4 jobs: 2 done, 2 incomplete (2 failed), 0 not launched." in out
+    # columns: done, running, interrupted, failed, not launched
+    assert any(line.split() == ["Fake3", "CORAL", "0", "0", "0", "2", "0"] for line in out.splitlines())
+    assert any(line.split() == ["Fake3", "ERM", "2", "0", "0", "0", "0"] for line in out.splitlines())
 
     done_before = {d for d, s in states(fake).items() if s is sweep.JobState.DONE}
     mtimes = {d: (Path(d) / "done").stat().st_mtime_ns for d in done_before}

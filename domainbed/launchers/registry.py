@@ -35,6 +35,7 @@ class LauncherOptions:
     """Settings a launcher may read; ``None`` means "use the environment or a default"."""
 
     progress: bool = True
+    threads_per_job: int | None = None  # local launchers: OMP threads per job (default: see launchers.local)
     slurm_partition: str | None = None
     slurm_time: int | None = None  # minutes
     slurm_gpus: int | None = None  # per node
@@ -48,14 +49,19 @@ class LauncherOptions:
 
 @dataclass
 class LaunchSummary:
-    """What a launcher did: jobs it started, that failed, and that another launch owned."""
+    """What a launcher did: jobs it started, that failed, that a signal stopped (they saved a
+    checkpoint and resume when relaunched), that another launch owned; and the signal that
+    stopped the launcher itself, if one did."""
 
     started: int = 0
     failed: int = 0
     skipped: int = 0
+    interrupted: int = 0
+    signal: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.started} started, {self.failed} failed, {self.skipped} skipped (claimed by another launch)"
+        text = f"{self.started} started, {self.failed} failed, {self.skipped} skipped (claimed by another launch)"
+        return text + (f", {self.interrupted} interrupted" if self.interrupted else "")
 
 
 Launcher = Callable[[Sequence[Job], LauncherOptions], LaunchSummary]

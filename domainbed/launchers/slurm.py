@@ -23,9 +23,10 @@ from typing import Any, Callable, Sequence
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from domainbed.launchers.claims import LOG_NAME, claim, log_tail, refresh_lock, release
+from domainbed.launchers.claims import INTERRUPTED_EXITS, LOG_NAME, claim, log_tail, refresh_lock, release
 from domainbed.launchers.local import progress_bar
 from domainbed.launchers.registry import Job, LauncherOptions, LaunchSummary, register_launcher
+from domainbed.lib.run_lock import record_exit
 
 
 def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
@@ -75,6 +76,7 @@ class SubmititTrainJob(Checkpointable):
         job_dir = Path(self.output_dir)
         job_dir.mkdir(parents=True, exist_ok=True)
         refresh_lock(job_dir, self.token)
+        code: int | None = None
         try:
             with open(job_dir / LOG_NAME, "ab") as log:
                 self._proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
@@ -83,7 +85,13 @@ class SubmititTrainJob(Checkpointable):
                 while (code := self._proc.poll()) is None:
                     time.sleep(0.2)
         finally:
+            if code is not None:  # None: submitit is requeuing this job (pre-emption), which continues it
+                record_exit(job_dir, code)
             release(job_dir, self.token)
+        if code in INTERRUPTED_EXITS:
+            # scancel (or a node's shutdown) signals every process of the job: the trainer saved.
+            raise RuntimeError(f"training was interrupted (exit {code}) and saved a checkpoint; relaunch the sweep "
+                               f"to resume it: {shlex.join(self.argv)}")
         if code != 0:
             raise RuntimeError(f"training exited with code {code}: {shlex.join(self.argv)}\n{log_tail(job_dir)}")
         return self.output_dir
@@ -154,12 +162,16 @@ def slurm_launcher(jobs: Sequence[Job], options: LauncherOptions) -> LaunchSumma
     sweep_dir = Path(jobs[0].output_dir).parent
     executor = make_executor(Path(options.submitit_dir or sweep_dir / ".submitit"), options)
     claimed: list[SubmititTrainJob] = []
+    resumed: set[str] = set()  # interrupted jobs claimed again: their folders hold checkpoints
     for job in jobs:
-        token = claim(job)
+        existed = Path(job.output_dir).exists()
+        token = claim(job, scheduler="slurm")
         if token is None:
             summary.skipped += 1
         else:
             claimed.append(SubmititTrainJob(job.argv, job.output_dir, token))
+            if existed:
+                resumed.add(str(job.output_dir))
     if not claimed:
         return summary
     try:
@@ -167,7 +179,10 @@ def slurm_launcher(jobs: Sequence[Job], options: LauncherOptions) -> LaunchSumma
             submitted = [executor.submit(fn) for fn in claimed]
     except BaseException:
         for fn in claimed:  # nothing ran: give the jobs back so a later launch can claim them
-            shutil.rmtree(fn.output_dir, ignore_errors=True)
+            if fn.output_dir in resumed:
+                release(Path(fn.output_dir), fn.token)  # keep the checkpoint it resumes from
+            else:
+                shutil.rmtree(fn.output_dir, ignore_errors=True)
         raise
     summary.started = len(submitted)
     print(f"Submitted {len(submitted)} jobs (submitit logs in {executor.folder}).")

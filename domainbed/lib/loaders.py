@@ -10,6 +10,8 @@ workers and whichever input pipeline (CPU or device) runs.
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -102,6 +104,46 @@ def class_balanced_weights(dataset: Dataset) -> torch.Tensor:
     return 1.0 / counts[labels]
 
 
+_INTERRUPTS = {signal.SIGTERM, signal.SIGINT}
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: a worker ignores SIGTERM and SIGINT.
+
+    Schedulers (Slurm, ``kill -- -PGID``) and Ctrl-C signal every process of a job. A
+    worker that died of it would make the main process raise "DataLoader worker ... is
+    killed by signal" instead of saving its checkpoint; ignoring them lets the main process
+    finish its step, save, and shut the workers down itself (they also leave on their own
+    when the main process is gone). The worker starts with both signals blocked
+    (:class:`Loader`), so one sent while it starts waits, and is dropped once ignored.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTERRUPTS)
+
+
+class Loader(DataLoader):
+    """A ``DataLoader`` whose workers start with SIGTERM and SIGINT blocked until
+    :func:`ignore_interrupts` ignores them: no moment of a worker's start-up is open to a
+    signal meant for the main process. The main process blocks them only while it forks."""
+
+    def _get_iterator(self) -> Any:
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+        try:
+            return super()._get_iterator()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a signal that came meanwhile is delivered now
+
+
+def default_workers(dataset_workers: int) -> int:
+    """A dataset's worker count, capped by the cores this process may use (no
+    oversubscription warning from the loader, no more processes than cores)."""
+    return max(0, min(dataset_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1))
+
+
 def train_loader(
     dataset: Dataset, batch_size: int, seed: int, start_step: int, num_workers: int, pin_memory: bool,
     class_balanced: bool = False, fetch: Fetch = fetch_seeded, collate_fn: Callable | None = None,
@@ -111,7 +153,7 @@ def train_loader(
     device pipeline load encoded files instead of augmented tensors."""
     weights = class_balanced_weights(dataset) if class_balanced else None
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, weights, sample_seeds=True)
-    return DataLoader(
+    return Loader(
         SeededSamples(dataset, fetch),
         batch_sampler=sampler,
         num_workers=num_workers,
@@ -119,13 +161,41 @@ def train_loader(
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
         collate_fn=collate_fn,
+        worker_init_fn=ignore_interrupts,
     )
 
 
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    return DataLoader(
+class SeededEvalSamples(Dataset):
+    """An evaluation view of a dataset with a random augmentation: sample ``i`` draws it from
+    a generator seeded with ``(seed, i)``.
+
+    DomainBed evaluates the training domains' splits with their training augmentation.
+    Drawn from the global generator, as DomainBed does, those accuracies would depend on the
+    number of loader workers (each has a generator of its own) and change when a run
+    resumes with new workers; seeded per sample they are the same in every case, and every
+    evaluation sees the same augmented images.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        root, root_index = resolve_subset(self.dataset, index)
+        return fetch_seeded(root, root_index, sample_seed(self.seed, 0, index))
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool, seed: int = 0) -> DataLoader:
+    """Batches of ``dataset`` in order; a randomly augmented dataset is seeded per sample
+    (:class:`SeededEvalSamples`), the others are read as they are."""
+    root, _ = resolve_subset(dataset, 0) if len(dataset) else (dataset, 0)  # type: ignore[arg-type]
+    if hasattr(root, "get_seeded"):
+        dataset = SeededEvalSamples(dataset, seed)
+    return Loader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
+        persistent_workers=num_workers > 0, worker_init_fn=ignore_interrupts,
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from domainbed.lib.errors import UserError
 
 LOCK_FILE = ".train.lock"
+EXIT_NAME = ".last_exit"  # {"code": exit status of the folder's last run, "host", "time"}
 
 
 class FolderBusy(UserError):
@@ -45,6 +46,39 @@ def describe(owner: dict[str, Any] | None) -> str:
     return f"pid {owner.get('pid')} on host {owner.get('host')}, started {owner.get('started')}"
 
 
+def folder_in_use(folder: str | os.PathLike) -> bool:
+    """Whether a ``train`` process holds ``folder``'s lock now (tested with a shared lock
+    held for an instant, which :func:`folder_lock` waits through)."""
+    try:
+        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            return False  # no locks on this file system: folder_lock warned when it started
+        raise
+    finally:
+        os.close(fd)  # releases the shared lock
+    return False
+
+
+def _lock_retrying(fd: int, attempts: int = 20, wait_s: float = 0.05) -> None:
+    """``flock(LOCK_EX | LOCK_NB)``, tried for about a second: a launcher checking whether the
+    folder is in use holds a shared lock for a moment, which must not refuse this run."""
+    for attempt in range(attempts):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(wait_s)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Hold ``folder/.train.lock`` exclusively within the block; raises :class:`FolderBusy`.
@@ -55,7 +89,7 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[dict[str, Any]]:
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_retrying(fd)
         except BlockingIOError:
             owner = read_owner(folder)
             kill = f" (kill {owner['pid']} on {owner['host']})" if owner and "pid" in owner else ""
@@ -78,3 +112,19 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[dict[str, Any]]:
         yield owner
     finally:
         os.close(fd)  # releases the lock
+
+
+def record_exit(folder: str | os.PathLike, code: int) -> None:
+    """Keep the exit status of the folder's last run in ``.last_exit`` (atomically replaced):
+    ``sweep status`` tells a failed run from an interrupted one by it."""
+    tmp = Path(folder) / f"{EXIT_NAME}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"code": int(code), "host": socket.gethostname(), "time": time.time()}))
+    os.replace(tmp, Path(folder) / EXIT_NAME)
+
+
+def last_exit(folder: str | os.PathLike) -> int | None:
+    """The exit status recorded by :func:`record_exit`, or ``None``."""
+    try:
+        return int(json.loads((Path(folder) / EXIT_NAME).read_text())["code"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from domainbed.lib import resources
 from domainbed.scripts import collect_results, run_notebook, sweep
+from domainbed.training.run_folder import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
 
 def per_domain_accuracy(sweep_dir: str) -> str:
@@ -44,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     code = sweep.main(["launch", "--sweep", sweep_file, "--output_dir", args.output_dir,
                        "--command_launcher", "local", "--skip_confirmation"])
+    if code in (EXIT_INTERRUPTED, EXIT_PREEMPTED):  # Ctrl-C / SIGTERM: the running job saved its checkpoint
+        print("demo: interrupted; rerun the same command to resume the sweep where it stopped", file=sys.stderr)
+        raise SystemExit(code)
     print(f"\nSweep finished in {time.perf_counter() - start:.0f} s (exit code {code}).\n")
     try:  # the tables are also saved as results.txt in the sweep folder, as collect_results does
         tables, saved = collect_results.collect_and_save(args.output_dir, selection=["training_domain", "oracle"])

@@ -8,8 +8,12 @@ Jobs are datasets x algorithms x test-env sets x hparams seeds ``[n_hparams_from
 n_hparams)`` x trials (:mod:`domainbed.sweep.jobs` says how test-env sets, seeds, job
 folders and job states are made). The hash of a job folder keeps ``data_dir`` as DomainBed
 does: launch, status and delete_incomplete must be given the same ``--data_dir`` string.
-``launch`` starts only Not launched jobs, so rerunning it is safe; ``delete_incomplete``
-removes Incomplete folders so the next launch retries them.
+``launch`` starts the Not launched jobs and resumes the *interrupted* ones (stopped by a
+signal or a killed launcher, not running; they resume from their checkpoint), so rerunning
+it is safe and is how an interrupted sweep continues; Ctrl-C or SIGTERM lets the running
+jobs save and exits 130 / 143. ``status`` tells running, interrupted and failed jobs apart;
+``delete_incomplete`` removes Incomplete folders so the next launch retries them from
+scratch (needed only for failed jobs).
 
 ``--sweep FILE`` (a path, or a name under ``sweeps/``) is a JSON object whose keys are
 this script's flag names (``datasets``, ``n_hparams``...) plus ``description``. Flags
@@ -22,13 +26,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 from domainbed.launchers import Job, LauncherOptions, get_launcher, lock_status
+from domainbed.launchers.claims import job_condition
+from domainbed.lib.preemption import exit_status
 from domainbed.lib.registry import Registry
+from domainbed.lib.run_lock import folder_in_use
 from domainbed.sweep import options
 from domainbed.sweep.jobs import JobState, build_jobs, job_state
 
@@ -57,12 +65,19 @@ def confirm(message: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def _print_counts(jobs: list[Job]) -> None:
-    counts = Counter(job_state(job) for job in jobs)
+INCOMPLETE_CONDITIONS = ("running", "interrupted", "failed")
+
+
+def _print_counts(jobs: list[Job]) -> Counter:
+    """Print DomainBed's three states, the Incomplete ones by condition; returns the conditions."""
+    conditions = Counter(job_condition(job.output_dir) for job in jobs)
+    incomplete = sum(conditions[c] for c in INCOMPLETE_CONDITIONS)
+    detail = ", ".join(f"{conditions[c]} {c}" for c in INCOMPLETE_CONDITIONS if conditions[c])
     print(
-        f"{len(jobs)} jobs: {counts[JobState.DONE]} done, {counts[JobState.INCOMPLETE]} incomplete, "
-        f"{counts[JobState.NOT_LAUNCHED]} not launched."
+        f"{len(jobs)} jobs: {conditions['done']} done, {incomplete} incomplete{f' ({detail})' if detail else ''}, "
+        f"{conditions['not launched']} not launched."
     )
+    return conditions
 
 
 def launcher_options(args: argparse.Namespace) -> LauncherOptions:
@@ -77,24 +92,35 @@ def launcher_options(args: argparse.Namespace) -> LauncherOptions:
         slurm_array_parallelism=args.slurm_array_parallelism,
         slurm_local=args.slurm_local,
         slurm_wait=args.slurm_wait,
+        threads_per_job=args.threads_per_job,
         submitit_dir=Path(args.submitit_dir) if args.submitit_dir else None,
     )
 
 
 @command("launch")
 def launch(args: argparse.Namespace, jobs: list[Job]) -> int:
-    """Start every Not launched job; exit status 1 when any of them failed."""
-    _print_counts(jobs)
-    pending = [job for job in jobs if job_state(job) is JobState.NOT_LAUNCHED]
+    """Start every Not launched job and resume every interrupted one; exit status 1 when any
+    of them failed, 130 / 143 when Ctrl-C / SIGTERM stopped the launch."""
+    conditions = _print_counts(jobs)
+    pending = [job for job in jobs if job_condition(job.output_dir) in ("not launched", "interrupted")]
     if not pending:
-        print("Nothing to launch (run delete_incomplete first to retry incomplete jobs).")
+        advice = (f" ({conditions['failed']} failed: see their launcher.log, then delete_incomplete to retry them "
+                  "from scratch)" if conditions["failed"] else "")
+        print(f"Nothing to launch{advice}.")
         return 0
-    message = f"About to launch {len(pending)} jobs with the {args.command_launcher!r} launcher."
+    resumed = sum(job.output_dir.exists() for job in pending)
+    message = (f"About to launch {len(pending)} jobs ({resumed} of them interrupted, resuming from their checkpoints) "
+               f"with the {args.command_launcher!r} launcher.")
     if not args.skip_confirmation and not confirm(message):
         print("Nothing launched.")
         return 0
     summary = get_launcher(args.command_launcher)(pending, launcher_options(args))
     print(f"Launch finished: {summary}.")
+    if summary.signal is not None:
+        name = signal.Signals(summary.signal).name
+        print(f"{name} received: the running jobs saved a checkpoint and no new job started. Rerun the same launch "
+              "command to resume.", file=sys.stderr)
+        return exit_status(summary.signal)
     return 1 if summary.failed else 0
 
 
@@ -103,7 +129,7 @@ def delete_incomplete(args: argparse.Namespace, jobs: list[Job]) -> int:
     """Remove the folders of Incomplete jobs, except those running right now on this host."""
     sweep_dir = Path(os.path.abspath(args.output_dir)).resolve()
     incomplete = [job for job in jobs if job_state(job) is JobState.INCOMPLETE]
-    running = [job for job in incomplete if lock_status(job.output_dir) == "live"]
+    running = [job for job in incomplete if lock_status(job.output_dir) == "live" or folder_in_use(job.output_dir)]
     doomed = [job for job in incomplete if job not in running]
     if running:
         print(f"Keeping {len(running)} incomplete jobs that are running on this host now.")
@@ -113,7 +139,10 @@ def delete_incomplete(args: argparse.Namespace, jobs: list[Job]) -> int:
     if not doomed:
         print("No incomplete jobs to delete.")
         return 0
-    if not args.skip_confirmation and not confirm(f"About to delete {len(doomed)} incomplete jobs."):
+    interrupted = sum(job_condition(job.output_dir) == "interrupted" for job in doomed)
+    note = (f" {interrupted} of them are interrupted and keep a checkpoint: `launch` alone would resume them, "
+            "deleting restarts them from step 0." if interrupted else "")
+    if not args.skip_confirmation and not confirm(f"About to delete {len(doomed)} incomplete jobs.{note}"):
         print("Nothing deleted.")
         return 0
     for job in doomed:
@@ -126,23 +155,25 @@ def delete_incomplete(args: argparse.Namespace, jobs: list[Job]) -> int:
 
 @command("status")
 def status(args: argparse.Namespace, jobs: list[Job]) -> int:
-    """Print how many jobs are done, incomplete and not launched, overall and per dataset/algorithm."""
-    _print_counts(jobs)
-    running = sum(job_state(j) is JobState.INCOMPLETE and lock_status(j.output_dir) == "live" for j in jobs)
-    if running:
-        print(f"{running} incomplete jobs are running on this host now.")
+    """Print how many jobs are done, running, interrupted, failed and not launched, overall and
+    per dataset/algorithm."""
+    conditions = _print_counts(jobs)
+    if conditions["interrupted"]:
+        print(f"{conditions['interrupted']} interrupted jobs resume from their checkpoints at the next launch.")
+    if conditions["failed"]:
+        print(f"{conditions['failed']} failed jobs (an error, see launcher.log / err.txt in their folders) are retried "
+              "only after delete_incomplete.")
     table: dict[tuple[str, str], Counter] = {}
     for job in jobs:
         key = (job.train_args["dataset"], job.train_args["algorithm"])
-        table.setdefault(key, Counter())[job_state(job)] += 1
+        table.setdefault(key, Counter())[job_condition(job.output_dir)] += 1
+    columns = ("done", *INCOMPLETE_CONDITIONS, "not launched")
     width = max(len(d) for d, _ in table)
     algo_width = max(len(a) for _, a in table)
-    print(f"{'dataset':<{width}}  {'algorithm':<{algo_width}}  {'done':>6}  {'incomplete':>10}  {'not launched':>12}")
+    print(f"{'dataset':<{width}}  {'algorithm':<{algo_width}}  " + "  ".join(f"{c:>{max(len(c), 4)}}" for c in columns))
     for (dataset, algorithm), counts in table.items():
-        print(
-            f"{dataset:<{width}}  {algorithm:<{algo_width}}  {counts[JobState.DONE]:>6}  "
-            f"{counts[JobState.INCOMPLETE]:>10}  {counts[JobState.NOT_LAUNCHED]:>12}"
-        )
+        print(f"{dataset:<{width}}  {algorithm:<{algo_width}}  "
+              + "  ".join(f"{counts[c]:>{max(len(c), 4)}}" for c in columns))
     return 0
 
 

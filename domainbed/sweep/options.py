@@ -85,6 +85,9 @@ def build_parser(commands: Iterable[str], description: str | None = None) -> arg
     launch.add_argument("--slurm_local", action="store_true", help="run through submitit's LocalExecutor")
     launch.add_argument("--slurm_wait", action="store_true", help="wait for the Slurm jobs and count failures")
     launch.add_argument("--submitit_dir", type=str, default=None, help="submitit logs (default OUTPUT_DIR/.submitit)")
+    launch.add_argument("--threads_per_job", type=int, default=None,
+                        help="local / multi_gpu: OMP threads per job (default: free cores / jobs at once; "
+                        "OMP_NUM_THREADS in the environment also sets it)")
     launch.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
@@ -134,6 +137,8 @@ def validate(args: argparse.Namespace) -> None:
             f"hparams seeds are range(n_hparams_from, n_hparams) = range({args.n_hparams_from}, {args.n_hparams}): "
             "it must be non-empty and start at 0 or more"
         )
+    if args.threads_per_job is not None and args.threads_per_job < 1:
+        raise ValueError(f"--threads_per_job must be at least 1, got {args.threads_per_job}")
     if not 0.0 < args.holdout_fraction < 1.0:
         raise ValueError(f"--holdout_fraction must be in (0, 1), got {args.holdout_fraction}")
     if not _MODULE_NAME.fullmatch(args.train_module):

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_model_every_checkpoint", action="store_true")
     # Ours.
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--num_workers", type=int, default=None, help="data-loader workers (default: the dataset's)")
+    p.add_argument("--num_workers", type=int, default=None, help="data-loader workers (default: the dataset's, at most the cores this process may use)")
     p.add_argument("--weights", type=str, default=None, help="pretrained-weights file (same as hparam weights_path)")
     p.add_argument("--precision", type=str, default=None, choices=["auto", "bf16", "fp16", "fp32"],
                    help="autocast dtype (same as hparam precision)")

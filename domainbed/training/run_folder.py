@@ -4,7 +4,7 @@ and how the run ends (its exit status and its one-line message).
 One ``train`` process at a time holds the folder (:func:`~domainbed.lib.run_lock.folder_lock`).
 A rerun with other arguments is refused; a rerun of a finished run only checks it. Exit
 statuses: 0 done, 1 storage fault (rerun to resume), 2 user error (a one-line message, no
-traceback), 3 diverged, 143 pre-empted by SIGTERM. Any other exception is a bug: it keeps
+traceback), 3 diverged, 143 pre-empted by SIGTERM, 130 interrupted by SIGINT (Ctrl-C). Any other exception is a bug: it keeps
 its traceback (in ``err.txt`` too) and propagates, and the folder stays without ``done``.
 """
 
@@ -21,13 +21,15 @@ from domainbed.lib.checkpoint import StorageError, atomic_write_text, clean_temp
 from domainbed.lib.errors import UserError
 from domainbed.lib.integrity import DAMAGED_SUFFIX, DamagedFile, load_verified
 from domainbed.lib.preemption import Preempted, PreemptionGuard
-from domainbed.lib.run_lock import folder_lock
+from domainbed.lib.run_lock import folder_lock, record_exit
 from domainbed.lib.tee import tee_output
 
 EXIT_STORAGE = 1
+EXIT_CRASHED = 1  # an exception that is a bug (it keeps its traceback), as Python's own status
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
-EXIT_PREEMPTED = 143
+EXIT_PREEMPTED = 143  # SIGTERM (128 + 15)
+EXIT_INTERRUPTED = 130  # SIGINT, Ctrl-C (128 + 2)
 CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 # Arguments that may differ between a run and its resumption.
 RESUME_IGNORED = {"output_dir", "device", "num_workers"}
@@ -107,11 +109,16 @@ def run_in_folder(args: argparse.Namespace, preempt: PreemptionGuard, validate: 
             if (out / "done").exists():
                 return check_finished(out)
             check_resume_args(out, args)
-            with tee_output(out / "out.txt", out / "err.txt"):
-                return _train_reporting_errors(train, out, preempt)
+            code = EXIT_CRASHED
+            try:
+                with tee_output(out / "out.txt", out / "err.txt"):
+                    code = _train_reporting_errors(train, out, preempt)
+                    return code
+            finally:
+                record_exit(out, code)  # a bug's traceback propagates as "crashed" (1)
     except Preempted:
         print(preempt.notice(), file=sys.stderr)
-        return EXIT_PREEMPTED
+        return preempt.exit_code
     except UserError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -123,7 +130,7 @@ def _train_reporting_errors(train: Callable[[Path], int], out: Path, preempt: Pr
         return train(out)
     except Preempted:
         print(preempt.notice(), file=sys.stderr)
-        return EXIT_PREEMPTED
+        return preempt.exit_code
     except UserError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -2,7 +2,8 @@
 
 Every ``checkpoint_freq`` steps (and at the last step, or when the algorithm asks to
 stop) the loop evaluates every split, appends one record, then saves a checkpoint; SIGTERM
-during training saves a checkpoint at the end of the current step and returns 143. At the
+or SIGINT during training saves a checkpoint at the end of the current step and returns 143
+or 130. At the
 end an averaging algorithm (SWAD) is evaluated once more, then ``model.pt`` and ``done``
 are written, in that order. The output folder itself is :mod:`.run_folder`'s business.
 """
@@ -27,7 +28,7 @@ from domainbed.datasets.splits import in_out_split
 from domainbed.lib.checkpoint import append_jsonl, fault_point, read_jsonl, save_verified
 from domainbed.lib.errors import UserError
 from domainbed.lib.evaluation import evaluate
-from domainbed.lib.loaders import eval_loader, zip_batches
+from domainbed.lib.loaders import default_workers, eval_loader, zip_batches
 from domainbed.lib.misc import seed_hash, set_global_seed
 from domainbed.lib.preemption import PreemptionGuard
 from domainbed.lib.tb_trim import trim_event_files
@@ -35,7 +36,6 @@ from domainbed.training.arguments import resolve_device, resolve_hparams
 from domainbed.training.reporting import make_record, print_summary, write_tensorboard
 from domainbed.training.run_folder import (
     CHECKPOINT,
-    EXIT_PREEMPTED,
     PREVIOUS_CHECKPOINT,
     Diverged,
     mark_done,
@@ -65,7 +65,7 @@ class Trainer:
         self.dataset = build_dataset(args.dataset, args.data_dir, args.test_envs, self.hparams)
         self.steps = args.steps or self.dataset.N_STEPS
         self.checkpoint_freq = args.checkpoint_freq or self.dataset.CHECKPOINT_FREQ
-        self.num_workers = self.dataset.N_WORKERS if args.num_workers is None else args.num_workers
+        self.num_workers = default_workers(self.dataset.N_WORKERS) if args.num_workers is None else args.num_workers
         self._make_splits()
         algorithm_class = get_algorithm_class(args.algorithm)
         self.algorithm = algorithm_class(self.dataset.input_shape, self.dataset.num_classes, len(self.train_envs),
@@ -99,8 +99,9 @@ class Trainer:
         ebs = int(self.hparams.get("eval_batch_size", 256))
         self.eval_loaders: dict[str, Any] = {}
         for i in range(len(self.dataset)):
-            self.eval_loaders[f"env{i}_in"] = eval_loader(self.in_splits[i], ebs, self.num_workers, pin)
-            self.eval_loaders[f"env{i}_out"] = eval_loader(self.out_splits[i], ebs, self.num_workers, pin)
+            for split, data in (("in", self.in_splits[i]), ("out", self.out_splits[i])):
+                self.eval_loaders[f"env{i}_{split}"] = eval_loader(data, ebs, self.num_workers, pin,
+                                                                   seed_hash(self.args.seed, "eval", i, split))
         self.steps_per_epoch = min(len(self.in_splits[i]) / bs for i in self.train_envs)
 
     # -------------------------------------------------------------- checkpoints and evaluation
@@ -126,7 +127,7 @@ class Trainer:
 
     # -------------------------------------------------------------- loop
     def run(self) -> int:
-        """Set up, resume, train and finish; the exit status (0, or 143 when pre-empted)."""
+        """Set up, resume, train and finish; the exit status (0, or 143 / 130 after SIGTERM / SIGINT)."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.setup()
@@ -185,10 +186,10 @@ class Trainer:
                 elif preempt.requested:
                     self._save_checkpoint(step)
                 if preempt.requested:
-                    print(f"SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume",
-                          file=sys.stderr)
                     progress.close()
-                    return EXIT_PREEMPTED
+                    print(f"{preempt.signal_name} received: checkpoint saved at step {step}; rerun the same command "
+                          "to resume", file=sys.stderr)
+                    return preempt.exit_code
                 step += 1
         progress.close()
         self.preempt.enter("finishing")
