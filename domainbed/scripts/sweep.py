@@ -109,9 +109,11 @@ def launch(args: argparse.Namespace, jobs: list[Job]) -> int:
         print(f"Nothing to launch{advice}.")
         return 0
     resumed = sum(job.output_dir.exists() for job in pending)
-    message = (f"About to launch {len(pending)} jobs ({resumed} of them interrupted, resuming from their checkpoints) "
-               f"with the {args.command_launcher!r} launcher.")
-    if not args.skip_confirmation and not confirm(message):
+    detail = f" ({resumed} of them interrupted, resuming from their checkpoints)" if resumed else ""
+    message = f"About to launch {len(pending)} jobs{detail} with the {args.command_launcher!r} launcher."
+    if args.skip_confirmation:
+        print(message)
+    elif not confirm(message):
         print("Nothing launched.")
         return 0
     summary = get_launcher(args.command_launcher)(pending, launcher_options(args))
