@@ -5,7 +5,8 @@ stop) the loop evaluates every split, appends one record, then saves a checkpoin
 or SIGINT during training saves a checkpoint at the end of the current step and returns 143
 or 130. At the
 end an averaging algorithm (SWAD) is evaluated once more, then ``model.pt`` and ``done``
-are written, in that order. The output folder itself is :mod:`.run_folder`'s business.
+are written, in that order. ``model_best.pt`` holds the weights training-domain validation
+selects (:mod:`.best_model`), replaced after each checkpoint that improves on it. The output folder itself is :mod:`.run_folder`'s business.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from domainbed.datasets.device_pipeline import select_train_loader
 from domainbed.datasets.splits import in_out_split
 from domainbed.lib.checkpoint import append_jsonl, fault_point, read_jsonl, save_verified
 from domainbed.lib.errors import UserError
-from domainbed.lib.evaluation import evaluate
+from domainbed.lib.evaluation import evaluate_split
 from domainbed.lib.loaders import default_workers, eval_loader, zip_batches
 from domainbed.lib.misc import seed_hash, set_global_seed
 from domainbed.lib.preemption import PreemptionGuard
 from domainbed.lib.tb_trim import trim_event_files
 from domainbed.training.arguments import resolve_device, resolve_hparams
+from domainbed.training.best_model import BestModelKeeper
 from domainbed.training.reporting import make_record, print_summary, write_tensorboard
 from domainbed.training.run_folder import (
     CHECKPOINT,
@@ -108,19 +110,23 @@ class Trainer:
     def _save_checkpoint(self, step: int) -> None:
         save_verified(checkpoint_state(step, self.algorithm, self.loop), self.ckpt_path, previous=self.prev_ckpt_path)
 
-    def _save_model(self, path: Path) -> None:
+    def _save_model(self, path: Path, best: dict[str, Any] | None = None) -> None:
         net = self.algorithm.eval_network()
-        save_verified(model_state(self.args, self.hparams, self.dataset, len(self.train_envs), net), path)
+        state = model_state(self.args, self.hparams, self.dataset, len(self.train_envs), net)
+        save_verified({**state, "best": best} if best is not None else state, path)
 
     def _evaluate(self, network: Any) -> dict[str, float]:
         results: dict[str, float] = {}
         for name, loader in self.eval_loaders.items():
             # The algorithm's own input path and precision, also for a bare averaged network.
-            acc, loss = evaluate(network, loader, inputs=self.algorithm)
+            split = evaluate_split(network, loader, inputs=self.algorithm)
             fault_point("eval")
-            results[f"{name}_acc"] = acc
+            results[f"{name}_acc"] = split.acc
             if name.endswith("_out"):
-                results[f"{name}_loss"] = loss
+                results[f"{name}_loss"] = split.nll
+            # Calibration: new keys only (DomainBed's readers ignore them); ECE with 15 equal-width bins.
+            results[f"{name}_nll"] = split.nll
+            results[f"{name}_ece"] = split.ece
         val = [results[f"env{i}_out_loss"] for i in self.train_envs if len(self.out_splits[i]) > 0]
         results["val_loss"] = sum(val) / len(val) if val else float("nan")
         return results
@@ -134,6 +140,9 @@ class Trainer:
         self.bad_images_at_start = bad_image_count()
         start, self.loop = resume(self.out, [self.ckpt_path, self.prev_ckpt_path], self.results_path,
                                   self.algorithm, self.device)
+        # model_best.pt: the weights training-domain validation selects (not with --skip_model_save).
+        self.best = BestModelKeeper(self.out, self.args.test_envs, self._save_model, not self.args.skip_model_save)
+        self.best.resume(read_jsonl(self.results_path), start)
         self._loaders(start)
         # Points the steps after the checkpoint wrote are recomputed: remove them from the files
         # (purge_step alone only hides them from TensorBoard). The averaged model is redone too.
@@ -180,6 +189,7 @@ class Trainer:
                     loop.finished = alg.should_stop or step == self.steps - 1
                     self._save_checkpoint(step)
                     fault_point("after_checkpoint")
+                    self.best.offer(step, evals)
                     if self.args.save_model_every_checkpoint:
                         self._save_model(self.out / f"model_step{step}.pt")
                     interval_start, interval_steps = time.perf_counter(), 0
@@ -207,6 +217,7 @@ class Trainer:
             append_jsonl(self.results_path, record)
             fault_point("after_record")
             write_tensorboard(writer, record, prefix="averaged/")
+            self.best.keep_averaged(int(record["step"]), evals)
             print("Averaged model:", json.dumps({k: round(v, 4) for k, v in evals.items()}))
         writer.close()
         if not self.args.skip_model_save:
