@@ -2,6 +2,7 @@
 
     python -m domainbed.scripts.collect_results --input_dir SWEEP_DIR [--markdown | --latex]
         [--reference] [--selection training_domain leave_one_out oracle] [--include_incomplete]
+        [--metric acc|nll|ece]
 
 For each selection rule: one table per dataset (rows algorithms, columns domains + Avg),
 an averages table over datasets (plus one over the domains run when a sweep ran only
@@ -10,7 +11,9 @@ some), and the paired FT-LP gain tables (the pairs the algorithms' traits name: 
 :func:`domainbed.model_selection.paired_comparisons`). Counts of skipped unfinished jobs
 and truncated lines come first, so a partial sweep is read, never a crash. The same text is
 saved as ``results.txt`` (``results.md``, ``results.tex``) in the sweep folder, as DomainBed
-does. A folder without any finished job's records is an error (exit status 2) that says
+does. ``--metric nll`` or ``ece`` reports the test domain's negative log-likelihood or
+expected calibration error at the checkpoints the rules select (by accuracy, as always),
+saved as ``results_nll.txt`` / ``results_ece.txt``. A folder without any finished job's records is an error (exit status 2) that says
 what was looked for, and saves nothing. Call :func:`collect` to get the text in-process,
 :func:`collect_and_save` to also save it.
 """
@@ -21,17 +24,23 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
+from domainbed.lib.misc import print_row
 from domainbed.lib.records import RecordLoad, load_records
+from domainbed.lib.tables.stats import mean_se
 from domainbed.lib.tables import (
+    ACC,
     FORMATS,
+    TABLE_METRICS,
     Table,
+    TableMetric,
     averages_table,
     dataset_tables,
     gain_tables,
     render,
     run_domains_table,
+    with_test_metric,
 )
 from domainbed.model_selection import (
     DEFAULT_SELECTION,
@@ -80,7 +89,8 @@ def no_records_message(load: RecordLoad) -> str:
     )
 
 
-def method_tables(load: RecordLoad, method: SelectionMethod, reference: bool = False) -> list[Table] | str:
+def method_tables(load: RecordLoad, method: SelectionMethod, reference: bool = False,
+                  metric: TableMetric = ACC) -> list[Table] | str:
     """The tables of one selection rule, or a one-line reason why it has none."""
     prepared = prepare_records(load.df)
     selected = method.select(prepared)
@@ -88,13 +98,18 @@ def method_tables(load: RecordLoad, method: SelectionMethod, reference: bool = F
         if method.name == "leave_one_out":
             return f"No results under {method.title}: the sweep has no runs with two test envs (launch it without --single_test_envs)."
         return f"No results under {method.title}: no run has the accuracies this rule needs."
+    selected = with_test_metric(selected, prepared.df, metric)
+    if selected.empty:
+        return (f"No {metric.name} results under {method.title}: the selected records have no env*_in_{metric.name} "
+                "(written before calibration was recorded).")
     layout = sweep_layout(prepared.df)
-    tables = dataset_tables(selected, method.name, method.title, layout)
-    tables.append(averages_table(selected, method.name, method.title, layout, reference and method.name == "training_domain"))
-    partial = run_domains_table(selected, method.name, method.title, layout)
+    tables = dataset_tables(selected, method.name, method.title, layout, metric)
+    published = reference and method.name == "training_domain" and metric is ACC  # published rows are accuracies
+    tables.append(averages_table(selected, method.name, method.title, layout, published, metric))
+    partial = run_domains_table(selected, method.name, method.title, layout, metric)
     if partial is not None:
         tables.append(partial)
-    tables += gain_tables(selected, method.name, method.title, layout)
+    tables += gain_tables(selected, method.name, method.title, layout, metric)
     return tables
 
 
@@ -103,6 +118,7 @@ def build_tables(
     selection: Sequence[str] = DEFAULT_SELECTION,
     reference: bool = False,
     include_incomplete: bool = False,
+    metric: str = "acc",
 ) -> list[Table]:
     """Every table :func:`collect` prints, as :class:`Table` objects (keys ``rule/dataset``,
     ``rule/averages``, ``rule/gains/dataset``)."""
@@ -110,7 +126,7 @@ def build_tables(
     load = load_records(input_dir, include_incomplete=include_incomplete)
     out: list[Table] = []
     for method in methods:
-        tables = method_tables(load, method, reference)
+        tables = method_tables(load, method, reference, _metric(metric))
         out += tables if isinstance(tables, list) else []
     return out
 
@@ -121,14 +137,17 @@ def collect(
     fmt: str = "text",
     reference: bool = False,
     include_incomplete: bool = False,
+    metric: str = "acc",
 ) -> str:
-    """All tables of the sweep under ``input_dir`` as one string in ``fmt``, skip counts first.
+    """All tables of the sweep under ``input_dir`` as one string in ``fmt``, skip counts first;
+    ``metric`` (acc, nll, ece) is the number the cells report.
 
     Raises :class:`NoRecordsError` when the folder holds no records to tabulate.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     methods = [get_selection_method(name) for name in selection]
+    table_metric = _metric(metric)
     load = load_records(input_dir, include_incomplete=include_incomplete)
     if load.df.empty:
         raise NoRecordsError(no_records_message(load))
@@ -137,8 +156,9 @@ def collect(
         notes.append("Tables need \\usepackage{booktabs}.")
     parts = [_comment("\n".join(notes), fmt)]
     for method in methods:
-        parts.append(_heading(f"Model selection: {method.title}", fmt))
-        tables = method_tables(load, method, reference)
+        suffix = "" if table_metric is ACC else f" (reported: test-domain {table_metric.name})"
+        parts.append(_heading(f"Model selection: {method.title}{suffix}", fmt))
+        tables = method_tables(load, method, reference, table_metric)
         if isinstance(tables, str):
             parts.append(_comment(tables, fmt))
         else:
@@ -153,26 +173,78 @@ def collect(
 RESULT_FILES = {"text": "results.txt", "markdown": "results.md", "latex": "results.tex"}
 
 
-def save_results(input_dir: str | os.PathLike[str], text: str, fmt: str) -> Path:
-    """Write ``text`` to ``results.txt`` (``.md``, ``.tex``) in the sweep folder, as DomainBed
-    keeps its tables next to the runs."""
-    path = Path(input_dir) / RESULT_FILES[fmt]
+def _metric(name: str) -> TableMetric:
+    if name not in TABLE_METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose from {', '.join(TABLE_METRICS)}")
+    return TABLE_METRICS[name]
+
+
+def save_results(input_dir: str | os.PathLike[str], text: str, fmt: str, metric: str = "acc") -> Path:
+    """Write ``text`` to ``results.txt`` (``.md``, ``.tex``; ``results_nll.txt`` etc. for
+    another metric) in the sweep folder, as DomainBed keeps its tables next to the runs."""
+    name = RESULT_FILES[fmt]
+    if metric != "acc":
+        stem, ext = name.split(".")
+        name = f"{stem}_{metric}.{ext}"
+    path = Path(input_dir) / name
     path.write_text(text)
     return path
 
 
 def collect_and_save(
-    input_dir: str | os.PathLike[str], selection: Sequence[str] = DEFAULT_SELECTION, fmt: str = "text", **options: bool
+    input_dir: str | os.PathLike[str], selection: Sequence[str] = DEFAULT_SELECTION, fmt: str = "text",
+    **options: bool | str,
 ) -> tuple[str, Path | None]:
     """:func:`collect`, then :func:`save_results`: the text and where it was saved (None, with
     a note on stderr, when the folder is read-only: the tables were produced all the same).
-    ``options``: ``reference``, ``include_incomplete`` of :func:`collect`."""
+    ``options``: ``reference``, ``include_incomplete``, ``metric`` of :func:`collect`."""
     text = collect(input_dir, selection, fmt, **options)
     try:
-        return text, save_results(input_dir, text, fmt)
+        return text, save_results(input_dir, text, fmt, str(options.get("metric", "acc")))
     except OSError as err:
         print(f"collect_results: could not save the tables in {input_dir}: {err}", file=sys.stderr)
         return text, None
+
+
+# ---------------------------------------------------------------------- DomainBed's helpers
+# For scripts written against DomainBed's collect_results: its cell format and table printer.
+
+
+def format_mean(data: Iterable[float], latex: bool) -> tuple[float | None, float | None, str]:
+    """``(mean, standard error, text)`` of accuracies given as fractions: mean and SE in
+    percent (SE: population std / √n, as our tables), text ``"m.m +/- s.s"`` (``$\\pm$`` in
+    LaTeX); ``(None, None, "X")`` when ``data`` is empty."""
+    values = [float(v) for v in data]
+    if not values:
+        return None, None, "X"
+    stat = mean_se(values)
+    mean, err = 100 * stat.mean, 100 * float(stat.se or 0.0)
+    pm = "$\\pm$" if latex else "+/-"
+    return mean, err, f"{mean:.1f} {pm} {err:.1f}"
+
+
+def print_table(table: Sequence[Sequence[object]], header_text: str, row_labels: Sequence[str],
+                col_labels: Sequence[str], colwidth: int = 10, latex: bool = True) -> None:
+    """Print ``table`` (rows of cells, without labels) as DomainBed does: ``row_labels`` in a
+    first column under ``col_labels[0]``, fixed-width cells (:func:`domainbed.lib.misc.print_row`),
+    ``header_text`` above a text table, a booktabs ``tabular`` in LaTeX. The arguments are
+    not modified."""
+    print("")
+    if latex:
+        n_cols = len(table[0]) if table else 0
+        print("\\begin{center}\n\\adjustbox{max width=\\textwidth}{%")
+        print("\\begin{tabular}{l" + "c" * n_cols + "}\n\\toprule")
+        header = ["\\textbf{" + str(label).replace("%", "\\%") + "}" for label in col_labels]
+    else:
+        print("--------", header_text)
+        header = list(col_labels)
+    print_row(header, colwidth=colwidth, latex=latex)
+    if latex:
+        print("\\midrule")
+    for label, row in zip(row_labels, table):
+        print_row([label, *row], colwidth=colwidth, latex=latex)
+    if latex:
+        print("\\bottomrule\n\\end{tabular}}\n\\end{center}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="model-selection rules to report (default: all)",
     )
     parser.add_argument("--include_incomplete", action="store_true", help="also read jobs without a 'done' file")
+    parser.add_argument(
+        "--metric", choices=list(TABLE_METRICS), default="acc",
+        help="number the cells report at the selected checkpoints: acc (default), nll or ece of the test domain",
+    )
     return parser
 
 
@@ -195,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     fmt = "markdown" if args.markdown else "latex" if args.latex else "text"
     try:
         text, saved = collect_and_save(
-            args.input_dir, args.selection, fmt, reference=args.reference, include_incomplete=args.include_incomplete
+            args.input_dir, args.selection, fmt, reference=args.reference, include_incomplete=args.include_incomplete,
+            metric=args.metric,
         )
     except NoRecordsError as err:  # nothing printed, nothing saved: an empty results.txt would look like a result
         print(f"collect_results: {err}", file=sys.stderr)

@@ -3,13 +3,15 @@
 - :mod:`.stats`: means, standard errors (population std / √n) and paired gains;
 - :mod:`.model`: :class:`SweepLayout`, :class:`Table` and :class:`Row`;
 - :mod:`.build`: the tables of one selection rule, :mod:`.reference`: published rows;
-- :mod:`.render`: plain text, Markdown or LaTeX.
+- :mod:`.render`: plain text, Markdown or LaTeX;
+- :mod:`.metric`: the number a cell reports (accuracy, or the test domain's NLL or ECE).
 
 Nothing here knows a dataset or an algorithm by name: the caller passes the domain names,
 the algorithms that report an averaged model and the pairs to compare in the layout.
 """
 
 from domainbed.lib.tables.build import averages_table, dataset_tables, gain_tables, run_domains_table
+from domainbed.lib.tables.metric import ACC, TABLE_METRICS, TableMetric, get_table_metric, with_test_metric
 from domainbed.lib.tables.model import Row, SweepLayout, Table, env_names
 from domainbed.lib.tables.reference import REFERENCE_DATASETS, REFERENCE_RESULTS, reference_rows
 from domainbed.lib.tables.render import (
@@ -34,6 +36,11 @@ from domainbed.lib.tables.stats import (
 )
 
 __all__ = [
+    "ACC",
+    "TABLE_METRICS",
+    "TableMetric",
+    "get_table_metric",
+    "with_test_metric",
     "FORMATS",
     "REFERENCE_DATASETS",
     "REFERENCE_RESULTS",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from domainbed.lib.tables.metric import ACC, TableMetric
 from domainbed.lib.tables.model import Row, SweepLayout, Table
 from domainbed.lib.tables.reference import REFERENCE_DATASETS, REFERENCE_NOTE, reference_rows
 from domainbed.lib.tables.stats import (
@@ -23,10 +24,11 @@ from domainbed.lib.tables.stats import (
     run_domains_stats,
 )
 
-CELL_NOTE = (
-    "Test-domain accuracy (%), mean ± SE over trial seeds (SE = population std / sqrt(n)); "
+CELL_NOTE_TAIL = (
+    ", mean ± SE over trial seeds (SE = population std / sqrt(n)); "
     "n = trials per cell, (n=k) marks a cell with fewer; X = missing."
 )
+CELL_NOTE = ACC.title + CELL_NOTE_TAIL
 SWAD_NOTE = "SWAD-family rows use the final averaged model."
 AVERAGE_NOTE = (
     "A trial seed counts only when it has every test domain of the dataset; X = no such trial "
@@ -41,14 +43,19 @@ def _stat_lookup(stats: pd.DataFrame, keys: list[str]) -> dict[tuple, Stat]:
     }
 
 
-def _caption(head: str, method_title: str, layout: SweepLayout, algorithms: list[str]) -> str:
-    parts = [f"{head} — selection: {method_title}.", CELL_NOTE]
+def _caption(head: str, method_title: str, layout: SweepLayout, algorithms: list[str], metric: TableMetric = ACC) -> str:
+    parts = [f"{head} — selection: {method_title}.", metric.title + CELL_NOTE_TAIL]
     if layout.averaged & set(algorithms):
         parts.append(SWAD_NOTE)
     return " ".join(parts)
 
 
-def dataset_tables(selected: pd.DataFrame, method: str, method_title: str, layout: SweepLayout) -> list[Table]:
+def _fmt(metric: TableMetric) -> dict[str, float | int]:
+    return {"scale": metric.scale, "decimals": metric.decimals}
+
+
+def dataset_tables(selected: pd.DataFrame, method: str, method_title: str, layout: SweepLayout,
+                   metric: TableMetric = ACC) -> list[Table]:
     """One table per dataset with any selected run: rows algorithms, columns domains."""
     lookup = _stat_lookup(per_domain_stats(selected), ["dataset", "algorithm", "test_env"])
     tables = []
@@ -58,29 +65,31 @@ def dataset_tables(selected: pd.DataFrame, method: str, method_title: str, layou
         n = layout.n_envs[dataset]
         algos = layout.algorithms[dataset]
         rows = [Row.of(a, [lookup.get((dataset, a, e)) for e in range(n)]) for a in algos]
-        caption = _caption(dataset, method_title, layout, algos)
-        tables.append(Table(f"{method}/{dataset}", caption, list(layout.domain_names(dataset)), rows))
+        caption = _caption(dataset, method_title, layout, algos, metric)
+        tables.append(Table(f"{method}/{dataset}", caption, list(layout.domain_names(dataset)), rows, **_fmt(metric)))
     return tables
 
 
 def averages_table(
-    selected: pd.DataFrame, method: str, method_title: str, layout: SweepLayout, reference: bool = False
+    selected: pd.DataFrame, method: str, method_title: str, layout: SweepLayout, reference: bool = False,
+    metric: TableMetric = ACC,
 ) -> Table:
     """Rows algorithms, columns datasets: per-trial mean over test envs, then mean ± SE."""
     lookup = _stat_lookup(dataset_average_stats(selected, layout.n_envs), ["dataset", "algorithm"])
     algos = sorted({a for d in layout.datasets for a in layout.algorithms[d]})
     rows = [Row.of(a, [lookup.get((d, a)) for d in layout.datasets]) for a in algos]
     head = "Averages over test domains per dataset"
-    caption = _caption(head, method_title, layout, algos) + " " + AVERAGE_NOTE
+    caption = _caption(head, method_title, layout, algos, metric) + " " + AVERAGE_NOTE
     if reference and set(layout.datasets) & set(REFERENCE_DATASETS):
         rows += reference_rows(layout.datasets)
         caption += REFERENCE_NOTE
     elif reference:
         caption += f" No published results exist for these datasets (only {', '.join(REFERENCE_DATASETS)})."
-    return Table(f"{method}/averages", caption, list(layout.datasets), rows)
+    return Table(f"{method}/averages", caption, list(layout.datasets), rows, **_fmt(metric))
 
 
-def run_domains_table(selected: pd.DataFrame, method: str, method_title: str, layout: SweepLayout) -> Table | None:
+def run_domains_table(selected: pd.DataFrame, method: str, method_title: str, layout: SweepLayout,
+                      metric: TableMetric = ACC) -> Table | None:
     """For a sweep that ran only some test domains of a dataset: per-trial means over those
     domains, labelled with them (None when every dataset's domains were all run)."""
     envs = run_domains(selected, layout.n_envs) if not selected.empty else {}
@@ -96,13 +105,20 @@ def run_domains_table(selected: pd.DataFrame, method: str, method_title: str, la
         columns.append(f"{d} [{', '.join(names[e] for e in envs[d])} only]")
     head = "Averages over the test domains that were run (not every domain of these datasets)"
     caption = (
-        _caption(head, method_title, layout, algos) + " Per trial seed, the mean over the domains named in the column "
+        _caption(head, method_title, layout, algos, metric) + " Per trial seed, the mean over the domains named in the column "
         "(a trial missing one of them is left out), then mean ± SE; not comparable with averages over all domains."
     )
-    return Table(f"{method}/averages_run_domains", caption, columns, rows)
+    return Table(f"{method}/averages_run_domains", caption, columns, rows, **_fmt(metric))
 
 
-def gain_tables(selected: pd.DataFrame, method: str, method_title: str, layout: SweepLayout) -> list[Table]:
+def _gain_note(metric: TableMetric) -> str:
+    if metric.name == "acc":
+        return "'A vs B' = acc(A) − acc(B) in points"
+    return f"'A vs B' = {metric.name}(A) − {metric.name}(B) in {metric.unit}"
+
+
+def gain_tables(selected: pd.DataFrame, method: str, method_title: str, layout: SweepLayout,
+                metric: TableMetric = ACC) -> list[Table]:
     """Per dataset, the paired gains of ``layout.comparisons``: rows comparisons, columns domains."""
     lookup = _stat_lookup(paired_gain_stats(selected, layout.comparisons), ["dataset", "comparison", "test_env"])
     tables = []
@@ -115,10 +131,12 @@ def gain_tables(selected: pd.DataFrame, method: str, method_title: str, layout: 
         rows = [Row.of(c, [lookup.get((dataset, c, e)) for e in range(n)], signed=True) for c in labels]
         caption = (
             f"{dataset}: paired FT-LP gain — selection: {method_title}. "
-            "'A vs B' = acc(A) − acc(B) in points, mean over trial seeds where both ran ± SE of the "
-            "paired differences (population std / sqrt(n)); positive favours A. n = paired trials."
+            f"{_gain_note(metric)}, mean over trial seeds where both ran ± SE of the "
+            "paired differences (population std / sqrt(n)); "
+            f"{'negative' if metric.lower_is_better else 'positive'} favours A. n = paired trials."
         )
         if layout.averaged & {a for pair in pairs for a in pair}:
             caption += " " + SWAD_NOTE
-        tables.append(Table(f"{method}/gains/{dataset}", caption, list(layout.domain_names(dataset)), rows, "Comparison"))
+        tables.append(Table(f"{method}/gains/{dataset}", caption, list(layout.domain_names(dataset)), rows, "Comparison",
+                            **_fmt(metric)))
     return tables

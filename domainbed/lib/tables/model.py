@@ -99,6 +99,9 @@ class Table:
     columns: list[str]
     rows: list[Row] = field(default_factory=list)
     label_header: str = "Algorithm"
+    # Cells print as value * scale with this many decimals (accuracy: percent, one decimal).
+    scale: float = 100.0
+    decimals: int = 1
 
     def row(self, label: str) -> Row:
         for r in self.rows:

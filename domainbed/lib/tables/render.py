@@ -18,19 +18,22 @@ FORMATS = ("text", "markdown", "latex")
 _PM = {"text": "+/-", "markdown": "±", "latex": r"$\pm$"}
 
 
-def format_number(value: float, signed: bool = False) -> str:
-    """A fraction as percent with one decimal; no "-0.0"."""
-    text = f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
-    return "0.0" if text.lstrip("+-") == "0.0" else text
+def format_number(value: float, signed: bool = False, scale: float = 100.0, decimals: int = 1) -> str:
+    """A fraction as percent with one decimal (or ``value * scale`` with ``decimals``); no "-0.0"."""
+    text = f"{scale * value:+.{decimals}f}" if signed else f"{scale * value:.{decimals}f}"
+    zero = f"{0:.{decimals}f}"
+    return zero if text.lstrip("+-") == zero else text
 
 
-def format_stat(stat: Stat | None, fmt: str = "text", signed: bool = False, row_n: int | None = None) -> str:
-    """``mean ± se`` in percent; ``X`` for None; ``(n=k)`` when fewer trials than the row's n."""
+def format_stat(stat: Stat | None, fmt: str = "text", signed: bool = False, row_n: int | None = None,
+                scale: float = 100.0, decimals: int = 1) -> str:
+    """``mean ± se`` in percent (or as :func:`format_number` with ``scale``, ``decimals``);
+    ``X`` for None; ``(n=k)`` when fewer trials than the row's n."""
     if stat is None:
         return "X"
-    text = format_number(stat.mean, signed)
+    text = format_number(stat.mean, signed, scale, decimals)
     if stat.se is not None:
-        text += f" {_PM[fmt]} {format_number(stat.se)}"
+        text += f" {_PM[fmt]} {format_number(stat.se, False, scale, decimals)}"
     if stat.n is not None and row_n is not None and stat.n < row_n:
         text += f" (n={stat.n})"
     return text
@@ -42,8 +45,8 @@ def table_cells(table: Table, fmt: str = "text") -> tuple[list[str], list[list[s
     body = []
     for row in table.rows:
         n = row.n
-        cells = [format_stat(c, fmt, row.signed, n) for c in row.cells]
-        avg = "X" if row.avg is None else format_number(row.avg, row.signed)
+        cells = [format_stat(c, fmt, row.signed, n, table.scale, table.decimals) for c in row.cells]
+        avg = "X" if row.avg is None else format_number(row.avg, row.signed, table.scale, table.decimals)
         body.append([row.label, *cells, avg, "-" if n is None else str(n)])
     return header, body
 
