@@ -22,9 +22,14 @@ from domainbed.launchers import (
 )
 from domainbed.launchers.claims import refresh_lock
 from domainbed.launchers.local import dummy_launcher, local_launcher, multi_gpu_launcher, visible_gpus
+from domainbed.launchers.registry import LAUNCHERS
 from domainbed.launchers.slurm import SubmititTrainJob, slurm_launcher
 
+# DomainBed's name: launcher name -> launcher (``REGISTRY["local"]``), for ``Job.launch``.
+REGISTRY = LAUNCHERS
+
 __all__ = [
+    "REGISTRY",
     "LOCK_NAME",
     "LOG_NAME",
     "Job",

@@ -6,7 +6,9 @@ This module adds what ``lib`` may not know, read from the algorithms' own traits
 the algorithm registry: which algorithms report an averaged model (``AVERAGED_MODEL``:
 SWAD and every variant built on it), so :func:`prepare_records` can list the runs of such
 algorithms that never wrote their averaged record; and which pairs of algorithms the
-reports compare (:func:`paired_comparisons`).
+reports compare (:func:`paired_comparisons`). DomainBed's class names
+(``IIDAccuracySelectionMethod``, ``LeaveOneOutSelectionMethod``, ``OracleSelectionMethod``)
+are the same rules, for scripts written against DomainBed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from domainbed.lib.query import Q
 from domainbed.lib.selection import (
     AVERAGED_CKPT,
     DEFAULT_SELECTION,
@@ -38,6 +41,10 @@ from domainbed.lib.selection import prepare_records as _prepare_records
 
 __all__ = [
     "AVERAGED_CKPT",
+    "IIDAccuracySelectionMethod",
+    "LeaveOneOutSelectionMethod",
+    "OracleSelectionMethod",
+    "get_test_records",
     "DEFAULT_SELECTION",
     "GROUP_KEYS",
     "RESULT_COLUMNS",
@@ -109,3 +116,32 @@ def paired_comparisons(algorithms: Iterable[str]) -> list[tuple[str, str]]:
 def prepare_records(records: pd.DataFrame | PreparedRecords) -> PreparedRecords:
     """:func:`domainbed.lib.selection.prepare_records` with the algorithms' ``AVERAGED_MODEL`` trait."""
     return _prepare_records(records, reports_averaged_model)
+
+
+# ---------------------------------------------------------------------- DomainBed's names
+# The rules under the class names DomainBed's scripts use, with DomainBed's ``name`` (the
+# title its tables print). They are the rules above: ``sweep_acc``, ``hparams_accs`` and
+# ``run_acc`` (SelectionMethod's DomainBed class API) give collect_results' numbers.
+
+
+class IIDAccuracySelectionMethod(TrainingDomainValidation):
+    """Training-domain validation under DomainBed's class name."""
+
+    name = "training-domain validation set"
+
+
+class LeaveOneOutSelectionMethod(LeaveOneDomainOut):
+    """Leave-one-domain-out validation under DomainBed's class name."""
+
+    name = "leave-one-domain-out cross-validation"
+
+
+class OracleSelectionMethod(OracleSelection):
+    """Test-domain validation (oracle, last checkpoint) under DomainBed's class name."""
+
+    name = "test-domain validation set (oracle)"
+
+
+def get_test_records(records: Iterable[dict]) -> Q:
+    """The records of runs with a single test env (DomainBed's helper of the same name)."""
+    return Q(records).filter(lambda r: len(r["args"]["test_envs"]) == 1)

@@ -16,4 +16,12 @@ from domainbed.algorithms.ftlp import register_ftlp_variants  # noqa: E402
 
 register_ftlp_variants()
 
-__all__ = ["Algorithm", "algorithm_names", "get_algorithm_class", "register_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "algorithm_names", "get_algorithm_class", "register_algorithm"]
+
+
+def __getattr__(name: str) -> list[str]:
+    """``ALGORITHMS``: DomainBed's list of algorithm names, read from the registry when asked,
+    so that algorithms registered later (a user's own) are in it."""
+    if name == "ALGORITHMS":
+        return algorithm_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -70,7 +70,15 @@ def build_dataset(
     return registered_dataset_class(name)(data_dir, test_envs, dict(hparams))
 
 
+def __getattr__(name: str) -> list[str]:
+    """``DATASETS``: DomainBed's list of dataset names, read from the registry when asked."""
+    if name == "DATASETS":
+        return dataset_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "DATASETS",
     "DatasetError",
     "MultipleDomainDataset",
     "build_dataset",

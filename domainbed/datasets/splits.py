@@ -1,25 +1,15 @@
-"""In/out splits of a domain, seeded exactly as DomainBed does (docs/design.md)."""
+"""In/out splits of a domain, and the unlabeled split of a test domain for domain
+adaptation, seeded exactly as DomainBed does (docs/design.md). The shuffle itself is
+:func:`domainbed.lib.misc.split_dataset`."""
 
 from __future__ import annotations
 
-import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from domainbed.lib.errors import UserError
-from domainbed.lib.misc import seed_hash
+from domainbed.lib.misc import seed_hash, split_dataset
 
-
-def split_dataset(dataset: Dataset, n_first: int, seed: int = 0) -> tuple[Subset, Subset]:
-    """Shuffle ``range(len(dataset))`` with ``seed`` and cut it after ``n_first`` items.
-
-    Returns ``(first, rest)`` as ``Subset`` views: no data is copied.
-    """
-    n = len(dataset)
-    if not 0 <= n_first <= n:
-        raise ValueError(f"cannot take {n_first} items from a domain of {n}")
-    keys = np.arange(n)
-    np.random.RandomState(seed).shuffle(keys)
-    return Subset(dataset, keys[:n_first].tolist()), Subset(dataset, keys[n_first:].tolist())
+__all__ = ["in_out_split", "split_dataset", "uda_split"]
 
 
 def in_out_split(
@@ -35,3 +25,19 @@ def in_out_split(
     n_out = int(len(dataset) * holdout_fraction)
     out, in_ = split_dataset(dataset, n_out, seed_hash(trial_seed, env_index))
     return in_, out
+
+
+def uda_split(in_split: Dataset, env_index: int, trial_seed: int, uda_holdout_fraction: float) -> tuple[Subset, Subset]:
+    """DomainBed's domain-adaptation split of a test domain's ``in`` split: ``(in, uda)``,
+    ``uda`` holding ``int(len(in_split) * uda_holdout_fraction)`` items.
+
+    As in DomainBed, the shuffle is seeded with the same ``seed_hash(trial_seed, env_index)``
+    as the in/out split, and it is made whatever the task when the fraction is above 0, so
+    that domain-generalization and domain-adaptation runs of one trial evaluate the same
+    ``in`` split of the test domain.
+    """
+    if not 0.0 <= uda_holdout_fraction < 1.0:
+        raise UserError(f"--uda_holdout_fraction must be in [0, 1), got {uda_holdout_fraction}")
+    n_uda = int(len(in_split) * uda_holdout_fraction)  # type: ignore[arg-type]
+    uda, in_ = split_dataset(in_split, n_uda, seed_hash(trial_seed, env_index))
+    return in_, uda

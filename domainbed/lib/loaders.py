@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from domainbed.lib.misc import sample_seed, seed_hash
+from domainbed.lib.seeding import sample_seed, seed_hash
 
 # fetch(root dataset, index in it, sample seed) -> sample; see SeededSamples.
 Fetch = Callable[[Dataset, int, int], Any]

@@ -1,76 +1,217 @@
-"""Seeding and small numeric helpers that follow DomainBed's protocol (docs/design.md §9)."""
+"""DomainBed's ``lib/misc`` helpers, and our seeding (:mod:`domainbed.lib.seeding`, re-exported).
+
+The public helpers of DomainBed's ``lib/misc.py`` under their names, for users' scripts and
+algorithms written against DomainBed (``make_weights_for_balanced_classes``,
+``split_dataset``, ``random_pairs_of_minibatches``, ``accuracy``, ``Tee``, ``print_row``,
+``ParamDict``, ...). Each behaves as DomainBed's and, where the package already does the
+same job, is a thin layer over it (labels read by :mod:`domainbed.lib.loaders`, accuracy by
+:mod:`domainbed.lib.evaluation`, the split that makes our in/out splits).
+"""
 
 from __future__ import annotations
 
-import hashlib
-import random
-from typing import Any
+import operator
+import sys
+from collections import OrderedDict
+from numbers import Number
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Subset
+
+from domainbed.lib.evaluation import InputPolicy, evaluate
+from domainbed.lib.loaders import dataset_labels
+from domainbed.lib.seeding import (
+    rng_state,
+    sample_generator,
+    sample_seed,
+    seed_hash,
+    set_global_seed,
+    set_rng_state,
+)
+from domainbed.lib.tee import Tee
+
+__all__ = [
+    "MovingAverage", "ParamDict", "Tee", "_SplitDataset", "accuracy", "l2_between_dicts",
+    "make_weights_for_balanced_classes", "pdb", "print_row", "print_separator",
+    "random_pairs_of_minibatches", "rng_state", "sample_generator", "sample_seed", "seed_hash",
+    "set_global_seed", "set_rng_state", "split_dataset",
+]
 
 
-def seed_hash(*args: Any) -> int:
-    """Deterministic integer seed from any printable arguments.
+class _SplitDataset(Subset):
+    """A view of ``underlying_dataset`` holding the items at ``keys`` (a ``torch`` ``Subset``,
+    under the attribute names DomainBed's scripts read)."""
 
-    DomainBed's convention: the md5 of ``str(args)`` read as an integer, modulo 2**31.
-    Keeping it bit-for-bit lets our splits and hparam draws match DomainBed sweeps.
-    """
-    digest = hashlib.md5(str(args).encode("utf-8"), usedforsecurity=False).hexdigest()
-    return int(digest, 16) % (2**31)
+    def __init__(self, underlying_dataset: Dataset, keys: Sequence[int]):
+        super().__init__(underlying_dataset, [int(k) for k in keys])
 
+    @property
+    def underlying_dataset(self) -> Dataset:
+        return self.dataset
 
-def sample_seed(loader_seed: int, step: int, position: int) -> int:
-    """Seed of the augmentation of the training sample at ``position`` in batch ``step``.
-
-    Both input pipelines (CPU loader workers and the device pipeline) seed a sample's
-    augmentation draws with it, so they do not depend on the pipeline, the number of
-    workers or where a resumed run restarted.
-    """
-    return seed_hash(loader_seed, step, position)
+    @property
+    def keys(self) -> Sequence[int]:
+        return self.indices
 
 
-def sample_generator(seed: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded with ``seed`` (e.g. a :func:`sample_seed`)."""
-    return torch.Generator().manual_seed(seed)
+def split_dataset(dataset: Dataset, n: int, seed: int = 0) -> tuple[_SplitDataset, _SplitDataset]:
+    """Shuffle ``range(len(dataset))`` with ``np.random.RandomState(seed)`` and cut it after
+    ``n`` items: ``(first n, rest)`` as views, no data copied. DomainBed's split, key for key
+    (our in/out and domain-adaptation splits are made with it)."""
+    size = len(dataset)  # type: ignore[arg-type]
+    if not 0 <= n <= size:
+        raise ValueError(f"cannot take {n} items from a dataset of {size}")
+    keys = np.arange(size)
+    np.random.RandomState(seed).shuffle(keys)
+    return _SplitDataset(dataset, keys[:n].tolist()), _SplitDataset(dataset, keys[n:].tolist())
 
 
-def set_global_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) with one value."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+def make_weights_for_balanced_classes(dataset: Dataset) -> torch.Tensor:
+    """Per-sample weights (float32) that make every class present equally likely:
+    ``1 / (count of the sample's class × number of classes present)``, so they sum to 1.
+    Labels are read without loading the inputs where the dataset allows it."""
+    labels = dataset_labels(dataset)
+    if labels.numel() == 0:
+        return torch.zeros(0)
+    counts = torch.bincount(labels)
+    n_classes = int((counts > 0).sum())
+    return (1.0 / (counts[labels].double() * n_classes)).float()
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG state a training run depends on, in a form ``torch.load(weights_only=True)`` accepts."""
-    np_state = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state: dict[str, Any] = {
-        "python": list(py_state) + [-1 if py_gauss is None else py_gauss],
-        "python_version": py_version,
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def random_pairs_of_minibatches(
+    minibatches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> list[tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+    """Order the domains by ``torch.randperm`` and pair each with the next one, cyclically;
+    both batches of a pair are cut to the shorter one's length."""
+    perm = torch.randperm(len(minibatches)).tolist()
+    pairs = []
+    for k, i in enumerate(perm):
+        (xi, yi), (xj, yj) = minibatches[i], minibatches[perm[(k + 1) % len(perm)]]
+        n = min(len(xi), len(xj))
+        pairs.append(((xi[:n], yi[:n]), (xj[:n], yj[:n])))
+    return pairs
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
-    py = list(state["python"])
-    gauss = py.pop()
-    random.setstate((state["python_version"], tuple(int(v) for v in py), None if gauss == -1 else gauss))
-    npst = state["numpy"]
-    np.random.set_state(
-        ("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def accuracy(network: torch.nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             weights: torch.Tensor | None, device: torch.device | str) -> float:
+    """Accuracy of ``network.predict`` over ``loader``, each sample weighted by ``weights``
+    (in loader order; None: all 1). A network with one output is read as a binary
+    classifier (``logit > 0``). Leaves the network in training mode, as DomainBed's does.
+
+    Unweighted multi-class accuracy is :func:`domainbed.lib.evaluation.evaluate`'s (the
+    network's own input path and precision when it is an Algorithm)."""
+    if weights is None and isinstance(network, InputPolicy):
+        acc, _ = evaluate(network, loader)
+        network.train()
+        return acc
+    correct = total = 0.0
+    offset = 0
+    network.eval()
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = network.predict(x)
+            w = torch.ones(len(x)) if weights is None else weights[offset:offset + len(x)]
+            offset += len(x)
+            w = w.to(device)
+            hits = logits.gt(0).view(-1).eq(y) if logits.size(1) == 1 else logits.argmax(1).eq(y)
+            correct += float((hits.float() * w).sum())
+            total += float(w.sum())
+    network.train()
+    return correct / total
+
+
+def pdb() -> None:
+    """Drop into the debugger with the real stdout (not a :class:`Tee`)."""
+    import pdb as _pdb
+
+    sys.stdout = sys.__stdout__
+    print("Launching PDB, enter 'n' to step to parent function.")
+    _pdb.set_trace()
+
+
+def print_separator() -> None:
+    print("=" * 80)
+
+
+def print_row(row: Sequence[Any], colwidth: int = 10, latex: bool = False) -> None:
+    """Print ``row`` as fixed-width cells (floats with 10 decimals, each cell cut or padded
+    to ``colwidth``), joined by two spaces, or as a LaTeX row (`` & ``, ``\\\\``)."""
+
+    def cell(value: Any) -> str:
+        if np.issubdtype(type(value), np.floating):
+            value = f"{value:.10f}"
+        return str(value).ljust(colwidth)[:colwidth]
+
+    sep, end = (" & ", "\\\\") if latex else ("  ", "")
+    print(sep.join(cell(v) for v in row), end)
+
+
+def l2_between_dicts(dict_1: Mapping[str, torch.Tensor], dict_2: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean squared difference of two dicts of tensors with the same keys, flattened in key order."""
+    if set(dict_1) != set(dict_2):
+        raise ValueError(f"the dicts have different keys: {sorted(set(dict_1) ^ set(dict_2))}")
+    keys = sorted(dict_1)
+    flat_1 = torch.cat([dict_1[k].reshape(-1) for k in keys])
+    flat_2 = torch.cat([dict_2[k].reshape(-1) for k in keys])
+    return (flat_1 - flat_2).pow(2).mean()
+
+
+class MovingAverage:
+    """Exponential moving average of dicts of tensors (DomainBed's Fishr keeps one): each :meth:`update` returns
+    ``ema · previous + (1 − ema) · data`` per key (``previous`` starts at 0), divided by
+    ``1 − ema`` when ``oneminusema_correction``, so the gradient through ``data`` does not
+    shrink with ``ema``. Values are flattened to shape ``(1, -1)``."""
+
+    def __init__(self, ema: float, oneminusema_correction: bool = True):
+        self.ema = ema
+        self.ema_data: dict[str, torch.Tensor] = {}
+        self._updates = 0
+        self._oneminusema_correction = oneminusema_correction
+
+    def update(self, dict_data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, data in dict_data.items():
+            data = data.view(1, -1)
+            previous = torch.zeros_like(data) if self._updates == 0 else self.ema_data[name]
+            average = self.ema * previous + (1.0 - self.ema) * data
+            self.ema_data[name] = average.detach().clone()
+            out[name] = average / (1.0 - self.ema) if self._oneminusema_correction else average
+        self._updates += 1
+        return out
+
+
+class ParamDict(OrderedDict):
+    """A dict of tensors (a model's weights) with arithmetic: ``a + b``, ``a - b``, ``2 * a``,
+    ``a / 2``, ``-a``, key by key with another dict or with a number."""
+
+    def _apply(self, other: Any, op: Callable[[Any, Any], Any]) -> "ParamDict":
+        if isinstance(other, Number):
+            return ParamDict((k, op(v, other)) for k, v in self.items())
+        if isinstance(other, Mapping):
+            return ParamDict((k, op(v, other[k])) for k, v in self.items())
+        return NotImplemented
+
+    def __add__(self, other: Any) -> "ParamDict":
+        return self._apply(other, operator.add)
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> "ParamDict":
+        return self._apply(other, operator.sub)
+
+    def __rsub__(self, other: Any) -> "ParamDict":
+        return (-self) + other
+
+    def __mul__(self, other: Any) -> "ParamDict":
+        return self._apply(other, operator.mul)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> "ParamDict":
+        return self._apply(other, operator.truediv)
+
+    def __neg__(self) -> "ParamDict":
+        return ParamDict((k, -v) for k, v in self.items())

@@ -144,6 +144,38 @@ def _row(record: dict[str, Any], output_dir: str, index: int) -> dict[str, Any] 
     return row
 
 
+def read_results(path: Path) -> tuple[list[tuple[int, Any]], int]:
+    """The JSON values of one ``results.jsonl`` with their line numbers, and how many
+    non-blank lines were not valid JSON (typically the last line of a job killed
+    mid-write). Read errors (``OSError``, ``UnicodeDecodeError``) propagate."""
+    parsed: list[tuple[int, Any]] = []
+    n_bad = 0
+    for index, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            parsed.append((index, json.loads(line)))
+        except json.JSONDecodeError:
+            n_bad += 1
+    return parsed, n_bad
+
+
+def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """The frame :func:`load_records` builds, from record dicts already in memory (e.g. a
+    DomainBed ``Q`` of records). A record's run is its ``args["output_dir"]``, or, when the
+    record has none, its whole ``args``; records without what a table needs are left out."""
+    rows = []
+    for index, record in enumerate(records):
+        args = record.get("args") if isinstance(record, dict) else None
+        if not isinstance(args, dict):
+            continue
+        run = args.get("output_dir") or json.dumps(args, sort_keys=True, default=str)
+        row = _row(record, str(run), index)
+        if row is not None:
+            rows.append(row)
+    return _frame(rows)
+
+
 def load_records(sweep_dir: str | os.PathLike[str], include_incomplete: bool = False) -> RecordLoad:
     """Read every ``results.jsonl`` below ``sweep_dir`` into a :class:`RecordLoad`.
 
@@ -169,20 +201,14 @@ def load_records(sweep_dir: str | os.PathLike[str], include_incomplete: bool = F
                 load.unreadable_files.append(str(job_dir))
             continue
         try:
-            text = (job_dir / RESULTS_FILE).read_text(encoding="utf-8")
+            parsed, n_bad = read_results(job_dir / RESULTS_FILE)
         except (OSError, UnicodeDecodeError):
             load.n_unreadable += 1
             load.unreadable_files.append(str(job_dir / RESULTS_FILE))
             continue
         load.n_jobs += 1
-        for index, line in enumerate(text.splitlines()):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                load.n_truncated_lines += 1
-                continue
+        load.n_truncated_lines += n_bad
+        for index, record in parsed:
             row = _row(record, str(job_dir), index) if isinstance(record, dict) else None
             if row is None:
                 load.n_malformed += 1

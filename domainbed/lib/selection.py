@@ -21,12 +21,13 @@ name used on command lines with ``@register_selection_method``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
 
-from domainbed.lib.records import env_indices
+from domainbed.lib.query import Q
+from domainbed.lib.records import env_indices, records_frame
 from domainbed.lib.registry import Registry
 
 GROUP_KEYS = ["dataset", "algorithm", "test_env", "trial_seed"]
@@ -193,6 +194,42 @@ class SelectionMethod:
         runs = runs.sort_values(["val_acc", "hparams_seed"], ascending=[False, True], kind="mergesort")
         best = runs.drop_duplicates(GROUP_KEYS, keep="first")
         return best.sort_values(GROUP_KEYS).reset_index(drop=True)
+
+    # ------------------------------------------------------------------ DomainBed's class API
+    # For scripts written against DomainBed: class methods on a Q (or list) of record dicts,
+    # e.g. one group of domainbed.lib.reporting.get_grouped_records. They run the rule above,
+    # so their numbers are collect_results' numbers; a rule of the user's own may instead
+    # override run_acc alone, as in DomainBed.
+
+    @classmethod
+    def run_acc(cls, run_records: Iterable[dict[str, Any]]) -> dict[str, float] | None:
+        """``{"val_acc", "test_acc"}`` of the checkpoint this rule picks among the records of
+        one run (one hparams seed of one group, its pair runs included), or None when the
+        rule cannot score it."""
+        runs = cls().run_scores(records_frame(run_records))
+        if runs.empty:
+            return None
+        best = runs.sort_values(["val_acc", "hparams_seed"], ascending=[False, True], kind="mergesort").iloc[0]
+        return {"val_acc": float(best["val_acc"]), "test_acc": float(best["test_acc"])}
+
+    @classmethod
+    def hparams_accs(cls, records: Iterable[dict[str, Any]]) -> Q:
+        """``(run_acc, run_records)`` of every hparams seed the rule can score, in the records of
+        one (dataset, algorithm, test env, trial seed) group: best ``val_acc`` first, ties to
+        the lowest hparams seed (as :meth:`select`)."""
+        scored = (
+            Q(records)
+            .group("args.hparams_seed")
+            .map(lambda _seed, run_records: (cls.run_acc(run_records), run_records))
+            .filter(lambda pair: pair[0] is not None)
+        )
+        return scored.sorted(key=lambda pair: -pair[0]["val_acc"])
+
+    @classmethod
+    def sweep_acc(cls, records: Iterable[dict[str, Any]]) -> float | None:
+        """The test accuracy of the best hparams seed of one group (:meth:`hparams_accs`), or None."""
+        accs = cls.hparams_accs(records)
+        return accs[0][0]["test_acc"] if len(accs) else None
 
 
 def register_selection_method(cls: type[SelectionMethod]) -> type[SelectionMethod]:

@@ -9,9 +9,9 @@ from typing import IO, Iterator
 
 
 class _Tee:
-    def __init__(self, stream: IO[str], path: Path):
+    def __init__(self, stream: IO[str], path: Path | str, mode: str = "a"):
         self.stream = stream
-        self.file = open(path, "a", encoding="utf-8", buffering=1)
+        self.file = open(path, mode, encoding="utf-8", buffering=1)
 
     def write(self, data: str) -> int:
         self.stream.write(data)
@@ -30,6 +30,14 @@ class _Tee:
 
     def __getattr__(self, name: str):
         return getattr(self.stream, name)
+
+
+class Tee(_Tee):
+    """DomainBed's ``misc.Tee``: writes go to the current ``sys.stdout`` and to ``fname``
+    (opened with ``mode``), e.g. ``sys.stdout = Tee(path, "w")``."""
+
+    def __init__(self, fname: Path | str, mode: str = "a"):
+        super().__init__(sys.stdout, fname, mode)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,6 @@ from typing import Iterable, Sequence
 
 from domainbed.lib.misc import print_row
 from domainbed.lib.records import RecordLoad, load_records
-from domainbed.lib.tables.stats import mean_se
 from domainbed.lib.tables import (
     ACC,
     FORMATS,
@@ -42,6 +41,7 @@ from domainbed.lib.tables import (
     run_domains_table,
     with_test_metric,
 )
+from domainbed.lib.tables.stats import mean_se
 from domainbed.model_selection import (
     DEFAULT_SELECTION,
     SELECTION_METHODS,

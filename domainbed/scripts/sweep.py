@@ -32,13 +32,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from domainbed.launchers import Job, LauncherOptions, get_launcher, lock_status
+from domainbed.launchers import LauncherOptions, get_launcher, lock_status
 from domainbed.launchers.claims import job_condition
 from domainbed.lib.preemption import exit_status
 from domainbed.lib.registry import Registry
 from domainbed.lib.run_lock import folder_in_use
 from domainbed.sweep import options
-from domainbed.sweep.jobs import JobState, build_jobs, job_state
+from domainbed.sweep.jobs import JobState, build_jobs, build_train_args, job_state
+from domainbed.sweep.jobs import SweepJob as Job  # DomainBed's name; a domainbed.launchers.Job
 
 Command = Callable[[argparse.Namespace, list[Job]], int]
 COMMANDS: Registry[Command] = Registry("sweep command")
@@ -177,6 +178,29 @@ def status(args: argparse.Namespace, jobs: list[Job]) -> int:
         print(f"{dataset:<{width}}  {algorithm:<{algo_width}}  "
               + "  ".join(f"{counts[c]:>{max(len(c), 4)}}" for c in columns))
     return 0
+
+
+def make_args_list(
+    n_trials: int, dataset_names: list[str], algorithms: list[str], n_hparams_from: int, n_hparams: int,
+    steps: int | None, data_dir: str, task: str, holdout_fraction: float, single_test_envs: bool,
+    hparams: str | dict | None, uda_holdout_fraction: float | None = None,
+) -> list[dict]:
+    """DomainBed's ``make_args_list``: the train args of every job of a sweep, as ``launch``
+    builds them (``Job(train_args, sweep_dir)`` makes each job). ``hparams``: a JSON text or
+    a dict of fixed hparams."""
+    if isinstance(hparams, str):
+        try:
+            hparams = options.json_object(hparams)
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"hparams {error}") from None
+    namespace = argparse.Namespace(
+        n_trials=n_trials, datasets=list(dataset_names), algorithms=list(algorithms), n_hparams_from=n_hparams_from,
+        n_hparams=n_hparams, steps=steps, data_dir=data_dir, task=task, holdout_fraction=holdout_fraction,
+        single_test_envs=single_test_envs, hparams=hparams or None, uda_holdout_fraction=uda_holdout_fraction,
+        test_envs_subset=None, paired_seeds=False, per_dataset=None, checkpoint_freq=None, skip_model_save=False,
+        device=None,
+    )
+    return build_train_args(namespace)
 
 
 def main(argv: list[str] | None = None) -> int:

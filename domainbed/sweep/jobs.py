@@ -23,10 +23,11 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from domainbed import datasets
 from domainbed.launchers import Job
@@ -90,13 +91,69 @@ def train_command(train_module: str, train_args: dict[str, Any]) -> list[str]:
     return argv
 
 
-def make_job(train_args: dict[str, Any], sweep_dir: Path, train_module: str) -> Job:
-    """A :class:`Job` whose folder is ``sweep_dir/<job_hash>``, checked to stay inside ``sweep_dir``."""
-    job_dir = sweep_dir / job_hash(train_args)
-    if not job_dir.resolve().is_relative_to(sweep_dir.resolve()):
-        raise ValueError(f"job folder {job_dir} would escape the sweep folder {sweep_dir}")
-    full = {**train_args, "output_dir": str(job_dir)}
-    return Job(argv=train_command(train_module, full), output_dir=job_dir, train_args=full)
+class SweepJob(Job):
+    """A :class:`~domainbed.launchers.Job` made from its train args, with DomainBed's ``Job``
+    interface (``domainbed.scripts.sweep.Job``): ``SweepJob(train_args, sweep_output_dir)``,
+    the states ``NOT_LAUNCHED``/``INCOMPLETE``/``DONE``, :attr:`state`, :attr:`command_str`,
+    and the static :meth:`launch` and :meth:`delete`.
+
+    Its folder is ``sweep_output_dir/<job_hash(train_args)>``, checked to stay inside it.
+    Unlike DomainBed's, :attr:`state` is read from the folder when asked, not once.
+    """
+
+    NOT_LAUNCHED = JobState.NOT_LAUNCHED
+    INCOMPLETE = JobState.INCOMPLETE
+    DONE = JobState.DONE
+
+    def __init__(self, train_args: dict[str, Any], sweep_output_dir: str | os.PathLike[str],
+                 train_module: str = "domainbed.scripts.train"):
+        sweep_dir = Path(os.path.abspath(sweep_output_dir))
+        job_dir = sweep_dir / job_hash(train_args)
+        if not job_dir.resolve().is_relative_to(sweep_dir.resolve()):
+            raise ValueError(f"job folder {job_dir} would escape the sweep folder {sweep_dir}")
+        full = {**train_args, "output_dir": str(job_dir)}
+        super().__init__(argv=train_command(train_module, full), output_dir=job_dir, train_args=full)
+
+    @property
+    def state(self) -> JobState:
+        return job_state(self)
+
+    @property
+    def command_str(self) -> str:
+        return self.command
+
+    def __str__(self) -> str:
+        a = self.train_args
+        info = (a["dataset"], a["algorithm"], a["test_envs"], a["hparams_seed"])
+        return f"{self.state.value}: {self.output_dir} {info}"
+
+    @staticmethod
+    def launch(jobs: Sequence[Job], launcher_fn: Callable[..., Any] | str) -> Any:
+        """Run ``jobs`` with ``launcher_fn``: a launcher's name or one of our launchers
+        (``command_launchers.REGISTRY[name]``), which claim each job and resume interrupted
+        ones; or, as in DomainBed, a function of the list of command strings, called after
+        every job folder is made."""
+        from domainbed.launchers import LauncherOptions, get_launcher, launcher_names
+
+        if isinstance(launcher_fn, str):
+            launcher_fn = get_launcher(launcher_fn)
+        if any(launcher_fn is get_launcher(name) for name in launcher_names()):
+            return launcher_fn(list(jobs), LauncherOptions())
+        for job in jobs:
+            Path(job.output_dir).mkdir(parents=True, exist_ok=True)
+        return launcher_fn([job.command for job in jobs])
+
+    @staticmethod
+    def delete(jobs: Sequence[Job]) -> None:
+        """Remove the folders of ``jobs`` (those that exist)."""
+        for job in jobs:
+            if Path(job.output_dir).exists():
+                shutil.rmtree(job.output_dir)
+
+
+def make_job(train_args: dict[str, Any], sweep_dir: Path, train_module: str) -> SweepJob:
+    """The job of ``train_args`` in ``sweep_dir`` (:class:`SweepJob`)."""
+    return SweepJob(train_args, sweep_dir, train_module)
 
 
 def job_seed(dataset: str, algorithm: str, test_envs: list[int], hparams_seed: int, trial: int, paired: bool = False) -> int:
@@ -109,11 +166,20 @@ def job_seed(dataset: str, algorithm: str, test_envs: list[int], hparams_seed: i
 def build_jobs(args: argparse.Namespace) -> list[Job]:
     """Every job of the sweep, trial-major so that partial sweeps cover whole trials first."""
     sweep_dir = Path(os.path.abspath(args.output_dir))
+    return [make_job(train_args, sweep_dir, args.train_module) for train_args in build_train_args(args)]
+
+
+def build_train_args(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The train args of every job of the sweep (without ``output_dir``), in job order.
+
+    ``uda_holdout_fraction`` is passed only when set (so domain-generalization sweeps hash
+    as before, and as DomainBed's); ``task`` always is, as DomainBed does.
+    """
     combos = {
         d: test_env_combinations(datasets.num_environments(d), args.single_test_envs, args.test_envs_subset, d)
         for d in args.datasets
     }
-    jobs: list[Job] = []
+    jobs: list[dict[str, Any]] = []
     for trial in range(args.n_trials):
         for dataset in args.datasets:
             for algorithm in args.algorithms:
@@ -138,7 +204,8 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
                             "checkpoint_freq": per_dataset.get("checkpoint_freq", args.checkpoint_freq),
                             "skip_model_save": args.skip_model_save or None,
                             "device": args.device,
+                            "uda_holdout_fraction": getattr(args, "uda_holdout_fraction", None),
                         }
                         train_args.update({k: v for k, v in optional.items() if v is not None})
-                        jobs.append(make_job(train_args, sweep_dir, args.train_module))
+                        jobs.append(train_args)
     return jobs

@@ -57,6 +57,9 @@ def build_parser(commands: Iterable[str], description: str | None = None) -> arg
     jobs.add_argument("--steps", type=int, default=None)
     jobs.add_argument("--hparams", type=json_object, default=None, help="JSON object of fixed hparams")
     jobs.add_argument("--holdout_fraction", type=float, default=0.2)
+    jobs.add_argument("--uda_holdout_fraction", type=float, default=None,
+                      help="part of each test domain's in split given unlabeled to the algorithm "
+                      "(needed by --task domain_adaptation; passed to train only when set)")
     jobs.add_argument("--single_test_envs", action="store_true")
     jobs.add_argument("--skip_confirmation", action="store_true")
     ours = parser.add_argument_group("jobs (ours)")
@@ -141,6 +144,12 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--threads_per_job must be at least 1, got {args.threads_per_job}")
     if not 0.0 < args.holdout_fraction < 1.0:
         raise ValueError(f"--holdout_fraction must be in (0, 1), got {args.holdout_fraction}")
+    uda = args.uda_holdout_fraction
+    if uda is not None and not 0.0 <= uda < 1.0:
+        raise ValueError(f"--uda_holdout_fraction must be in [0, 1), got {uda}")
+    if args.task == "domain_adaptation" and not uda:
+        raise ValueError("--task domain_adaptation needs --uda_holdout_fraction above 0 (e.g. 0.2): the part of each "
+                         "test domain given unlabeled to the algorithm")
     if not _MODULE_NAME.fullmatch(args.train_module):
         raise ValueError(f"--train_module must be a dotted module name like {DEFAULT_TRAIN_MODULE}, got {args.train_module!r}")
     get_launcher(args.command_launcher)
