@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", type=str, default="RotatedMNISTSubset",
                    help="a registered dataset name, or the path of a ROOT/<domain>/<class>/<image> folder")
     p.add_argument("--algorithm", type=str, default="ERM")
-    # Kept for DomainBed's command lines; only domain_generalization runs (see validate_args).
-    p.add_argument("--task", type=str, default="domain_generalization", choices=list(TASKS))
+    p.add_argument("--task", type=str, default="domain_generalization", choices=list(TASKS),
+                   help="domain_adaptation also passes update() unlabeled batches of the test domains")
     p.add_argument("--hparams", type=str, help="JSON-serialized hparams dict")
     p.add_argument("--hparams_seed", type=int, default=0, help="0 gives the default hparams")
     p.add_argument("--trial_seed", type=int, default=0, help="seeds the in/out splits and random hparams")
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", type=str, default="train_output")
     p.add_argument("--holdout_fraction", type=float, default=0.2)
     p.add_argument("--uda_holdout_fraction", type=float, default=0,
-                   help="DomainBed's domain-adaptation split; must stay 0 (no shipped algorithm uses target data)")
+                   help="part of each test domain's in split set aside as unlabeled data (records env{i}_uda_acc); "
+                   "domain_adaptation trains on it")
     p.add_argument("--skip_model_save", action="store_true")
     p.add_argument("--save_model_every_checkpoint", action="store_true")
     # Ours.
@@ -63,15 +64,12 @@ def validate_args(args: argparse.Namespace) -> None:
     """Reject bad or conflicting arguments before anything is written."""
     if args.skip_model_save and args.save_model_every_checkpoint:
         raise UserError("--skip_model_save and --save_model_every_checkpoint contradict each other; pass one")
-    if args.task == "domain_adaptation":
-        # DomainBed's DA mode hands update() an unlabelled batch of the test domains; no
-        # algorithm here reads it, so a DA run would silently be a DG run on less data.
-        raise UserError("--task domain_adaptation is not supported: no shipped algorithm uses unlabelled "
-                        "target-domain data, so it would train exactly as domain_generalization on less data. "
-                        "Use --task domain_generalization (the default) with --uda_holdout_fraction 0")
-    if args.uda_holdout_fraction != 0:
-        raise UserError("--uda_holdout_fraction only applies to --task domain_adaptation, which is not supported; "
-                        "leave it at 0")
+    if not 0.0 <= args.uda_holdout_fraction < 1.0:
+        raise UserError(f"--uda_holdout_fraction must be in [0, 1), got {args.uda_holdout_fraction}")
+    if args.task == "domain_adaptation" and args.uda_holdout_fraction == 0:
+        # DomainBed fails later with "Not enough unlabeled samples for domain adaptation".
+        raise UserError("--task domain_adaptation needs unlabeled test-domain data: pass --uda_holdout_fraction "
+                        "above 0 (e.g. 0.2), the part of each test domain's in split given to update() unlabeled")
     for name in ("steps", "checkpoint_freq"):
         value = getattr(args, name)
         if value is not None and value <= 0:

@@ -25,7 +25,7 @@ from domainbed.algorithms import get_algorithm_class
 from domainbed.datasets import build_dataset
 from domainbed.datasets.bad_images import bad_image_count
 from domainbed.datasets.device_pipeline import select_train_loader
-from domainbed.datasets.splits import in_out_split
+from domainbed.datasets.splits import in_out_split, uda_split
 from domainbed.lib.checkpoint import append_jsonl, fault_point, read_jsonl, save_verified
 from domainbed.lib.errors import UserError
 from domainbed.lib.evaluation import evaluate_split
@@ -77,11 +77,21 @@ class Trainer:
     def _make_splits(self) -> None:
         args = self.args
         self.in_splits, self.out_splits = [], []
+        self.uda_splits: dict[int, Any] = {}  # test env -> its unlabeled split (uda_holdout_fraction > 0)
         for i, env in enumerate(self.dataset.datasets):
             in_, out = in_out_split(env, i, args.trial_seed, args.holdout_fraction)
+            if i in args.test_envs and args.uda_holdout_fraction > 0:
+                # DomainBed's unlabeled split of a test domain, also made (and evaluated) for
+                # domain generalization, so that both tasks evaluate the same in split.
+                in_, self.uda_splits[i] = uda_split(in_, i, args.trial_seed, args.uda_holdout_fraction)
             self.in_splits.append(in_)
             self.out_splits.append(out)
         self.train_envs = [i for i in range(len(self.dataset)) if i not in args.test_envs]
+        if args.task == "domain_adaptation":
+            few = [self.dataset.environments[i] for i in args.test_envs if len(self.uda_splits.get(i, ())) == 0]
+            if few:
+                raise UserError(f"test domain(s) {few} have no unlabeled examples for domain adaptation after the "
+                                f"split (--uda_holdout_fraction {args.uda_holdout_fraction}); raise it or add images")
         empty = [self.dataset.environments[i] for i in self.train_envs if len(self.in_splits[i]) == 0]
         if empty:
             raise UserError(f"training domain(s) {empty} have no training examples after the holdout split; "
@@ -98,12 +108,20 @@ class Trainer:
             make_train_loader(self.in_splits[i], bs, seed_hash(self.args.seed, "train", i), start_step, self.num_workers, pin, balanced)
             for i in self.train_envs
         ]
+        # Domain adaptation: one batch of each test domain's unlabeled split per step.
+        self.uda_loaders = [
+            make_train_loader(self.uda_splits[i], bs, seed_hash(self.args.seed, "uda", i), start_step, self.num_workers, pin, balanced)
+            for i in sorted(self.uda_splits)
+        ] if self.args.task == "domain_adaptation" else []
         ebs = int(self.hparams.get("eval_batch_size", 256))
         self.eval_loaders: dict[str, Any] = {}
         for i in range(len(self.dataset)):
             for split, data in (("in", self.in_splits[i]), ("out", self.out_splits[i])):
                 self.eval_loaders[f"env{i}_{split}"] = eval_loader(data, ebs, self.num_workers, pin,
                                                                    seed_hash(self.args.seed, "eval", i, split))
+        for i, data in sorted(self.uda_splits.items()):  # record key env{i}_uda_acc, i the test env's index
+            self.eval_loaders[f"env{i}_uda"] = eval_loader(data, ebs, self.num_workers, pin,
+                                                           seed_hash(self.args.seed, "eval", i, "uda"))
         self.steps_per_epoch = min(len(self.in_splits[i]) / bs for i in self.train_envs)
 
     # -------------------------------------------------------------- checkpoints and evaluation
@@ -158,13 +176,17 @@ class Trainer:
 
         alg, loop = self.algorithm, self.loop
         batches = zip_batches(self.train_loaders)
+        unlabeled = zip_batches(self.uda_loaders) if self.uda_loaders else None
         interval_start, interval_steps = time.perf_counter(), 0
         progress = tqdm(total=self.steps, initial=start, desc=f"{self.args.algorithm} {self.args.dataset}",
                         unit="step", file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
         with self.preempt.during("training") as preempt:
             step = start
             while step < self.steps and not loop.finished:
-                loop.add(alg.update(next(batches)))
+                if unlabeled is None:
+                    loop.add(alg.update(next(batches)))
+                else:  # as DomainBed: the inputs of each test domain's batch, on the device
+                    loop.add(alg.update(next(batches), [alg.prepare_input(x) for x, _ in next(unlabeled)]))
                 fault_point("step")
                 interval_steps += 1
                 alg.on_step_end(step)
