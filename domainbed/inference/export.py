@@ -75,6 +75,8 @@ def select_checkpoint(input_dir: str | os.PathLike, dataset: str, algorithm: str
     if group.empty:
         present = sorted({(d, a, int(e)) for d, a, e in zip(selected["dataset"], selected["algorithm"], selected["test_env"])})
         shown = "; ".join(f"{d} {a} test env {e}" for d, a, e in present) or "none"
+        if method.name == "leave_one_out" and not (prepared.df["n_test_envs"] == 2).any():
+            shown += "; the sweep has no runs with two test envs, which this rule needs (launch it without --single_test_envs)"
         raise UserError(f"{method.title} selects no run for {dataset} {algorithm} test env {test_env} under {input_dir}"
                         f" (it selects: {shown})")
     trials = sorted(int(t) for t in group["trial_seed"])
