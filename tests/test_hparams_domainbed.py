@@ -22,7 +22,13 @@ from domainbed.datasets import dataset_names, get_dataset_class
 from domainbed.networks import build_featurizer
 
 SMALL_IMAGES = {"Debug28", "RotatedMNIST", "ColoredMNIST"}
-ALGORITHMS = ["ERM", "CORAL", "IRM", "GroupDRO", "Mixup", "MLDG", "MMD", "DANN", "CDANN", "MTL", "SagNet", "ARM", "VREx", "RSC"]
+ALGORITHMS = ["ERM", "CORAL", "IRM", "GroupDRO", "Mixup", "MLDG", "MMD", "DANN", "CDANN", "MTL", "SagNet", "ARM", "VREx", "RSC",
+              "ERMPlusPlus", "URM", "RDM", "Transfer", "ADRMX"]
+# DomainBed HEAD's newer five take its names, defaults and draws unchanged. Where their
+# training rule departs from DomainBed's code (Transfer's gda optimizer, ADRMX's remix pairs,
+# ERM++'s separate auto-lr script), the hparam values still agree; the algorithms'
+# docstrings give the reasons. URM's urm_discriminator_optimizer accepts only 'adam' (the
+# one value DomainBed draws).
 
 # Our hparams that DomainBed does not have.
 OURS = {
@@ -37,6 +43,9 @@ OURS = {
     "compile": "torch.compile, no effect on the maths",
     "eval_batch_size": "evaluation batch size, no effect on the results",
     "input_pipeline": "where images are decoded and augmented (CPU or device), same augmentation",
+    "optimizer": "DomainBed always trains with Adam (ours by default); adamw / sgd / lars on request",
+    "lr_schedule": "DomainBed's learning rate is constant (ours by default); cosine schedules on request",
+    "warmup_steps": "warm-up length of our warmup_cosine schedule",
 }
 # On the *Subset datasets (not in DomainBed) lr, batch size and weight decay are our own,
 # calibrated for EfficientNet-Lite0 at 32 px on a CPU; DANN's rates follow our lr there.
@@ -60,6 +69,8 @@ def domainbed_hparams(algorithm: str, dataset: str, seed: int) -> dict[str, Any]
     hp("resnet18", False, lambda r: False)
     hp("resnet_dropout", 0.0, lambda r: r.choice([0.0, 0.1, 0.5]))
     hp("class_balanced", False, lambda r: False)
+    hp("lars", False, lambda r: False)  # DomainBed HEAD
+    hp("linear_steps", 500, lambda r: 500)  # DomainBed HEAD
     hp("nonlinear_classifier", False, lambda r: bool(r.choice([False, False])))
     if algorithm in ("DANN", "CDANN"):
         hp("lambda", 1.0, lambda r: 10 ** r.uniform(-2, 2))
@@ -92,16 +103,73 @@ def domainbed_hparams(algorithm: str, dataset: str, seed: int) -> dict[str, Any]
     elif algorithm == "VREx":
         hp("vrex_lambda", 1e1, lambda r: 10 ** r.uniform(-1, 5))
         hp("vrex_penalty_anneal_iters", 500, lambda r: int(10 ** r.uniform(0, 4)))
+    elif algorithm == "RDM":
+        if dataset == "DomainNet":
+            hp("rdm_lambda", 0.5, lambda r: r.uniform(0.1, 1.0))
+        elif dataset in ("PACS", "TerraIncognita"):
+            hp("rdm_lambda", 5.0, lambda r: r.uniform(1.0, 10.0))
+        else:
+            hp("rdm_lambda", 5.0, lambda r: r.uniform(0.1, 10.0))
+        if dataset == "DomainNet":
+            hp("rdm_penalty_anneal_iters", 2400, lambda r: int(r.uniform(1500, 3000)))
+        else:
+            hp("rdm_penalty_anneal_iters", 1500, lambda r: int(r.uniform(800, 2700)))
+        if dataset in ("TerraIncognita", "OfficeHome", "DomainNet"):
+            hp("variance_weight", 0.0, lambda r: r.choice([0.0]))
+        else:
+            hp("variance_weight", 0.004, lambda r: r.uniform(0.001, 0.007))
+        hp("rdm_lr", 1.5e-5, lambda r: r.uniform(8e-6, 2e-5))
+    elif algorithm == "Transfer":
+        hp("t_lambda", 1.0, lambda r: 10 ** r.uniform(-2, 1))
+        hp("delta", 2.0, lambda r: r.uniform(0.1, 3.0))
+        hp("d_steps_per_g", 10, lambda r: int(r.choice([1, 2, 5])))
+        hp("weight_decay_d", 0.0, lambda r: 10 ** r.uniform(-6, -2))
+        hp("gda", False, lambda r: True)
+        hp("beta1", 0.5, lambda r: r.choice([0.0, 0.5]))
+        hp("lr_d", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5))
+    elif algorithm == "ERMPlusPlus":
+        hp("linear_lr", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5))
+    elif algorithm == "URM":
+        hp("urm", "adversarial", lambda r: str(r.choice(["adversarial"])))
+        hp("urm_adv_lambda", 0.1, lambda r: float(r.uniform(0, 0.2)))
+        hp("urm_discriminator_label_smoothing", 0, lambda r: float(r.uniform(0, 0)))
+        hp("urm_discriminator_optimizer", "adam", lambda r: str(r.choice(["adam"])))
+        hp("urm_discriminator_hidden_layers", 1, lambda r: int(r.choice([1, 2, 3])))
+        hp("urm_generator_output", "tanh", lambda r: str(r.choice(["tanh", "relu"])))
+        if small:
+            hp("urm_discriminator_lr", 1e-3, lambda r: 10 ** r.uniform(-5.5, -3.5))
+        else:
+            hp("urm_discriminator_lr", 5e-5, lambda r: 10 ** r.uniform(-6, -4.5))
+    if algorithm == "ADRMX":
+        hp("cnt_lambda", 1.0, lambda r: r.choice([1.0]))
+        hp("dclf_lambda", 1.0, lambda r: r.choice([1.0]))
+        hp("disc_lambda", 0.75, lambda r: r.choice([0.75]))
+        hp("rmxd_lambda", 1.0, lambda r: r.choice([1.0]))
+        hp("d_steps_per_g_step", 2, lambda r: r.choice([2]))
+        hp("beta1", 0.5, lambda r: r.choice([0.5]))
+        hp("mlp_width", 256, lambda r: r.choice([256]))
+        hp("mlp_depth", 9, lambda r: int(r.choice([8, 9, 10])))
+        hp("mlp_dropout", 0.0, lambda r: r.choice([0]))
 
     if small:
-        hp("lr", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5))
+        if algorithm == "ADRMX":
+            hp("lr", 3e-3, lambda r: r.choice([5e-4, 1e-3, 2e-3, 3e-3]))
+        else:
+            hp("lr", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5))
         hp("weight_decay", 0.0, lambda r: 0.0)
         hp("batch_size", 64, lambda r: int(2 ** r.uniform(3, 9)))
     else:
-        hp("lr", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5))
+        if algorithm == "ADRMX":
+            hp("lr", 3e-5, lambda r: r.choice([2e-5, 3e-5, 4e-5, 5e-5]))
+        else:
+            hp("lr", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5))
         hp("weight_decay", 0.0, lambda r: 10 ** r.uniform(-6, -2))
         if algorithm == "ARM":
             hp("batch_size", 8, lambda r: 8)
+        elif algorithm == "RDM" and dataset in ("DomainNet", "TerraIncognita"):
+            hp("batch_size", 40, lambda r: int(r.uniform(30, 60)))
+        elif algorithm == "RDM":
+            hp("batch_size", 88, lambda r: int(r.uniform(70, 100)))
         elif dataset == "DomainNet":
             hp("batch_size", 32, lambda r: int(2 ** r.uniform(3, 5)))
         else:

@@ -45,7 +45,7 @@ def mean_over_domain_pairs(
 
 
 def restart_optimizer(algorithm: Algorithm, lr: float | None = None) -> None:
-    """Replace the optimizer by a fresh one (Adam without moments).
+    """Replace the optimizer by a fresh one (Adam without moments; any optimizer without state).
 
     DomainBed restarts Adam when a penalty weight jumps (IRM, VREx, Fishr, IB_*) and when
     EQRM leaves its burn-in, because Adam's running moments do not fit the new gradient
@@ -58,6 +58,8 @@ def restart_optimizer(algorithm: Algorithm, lr: float | None = None) -> None:
         base = float(algorithm.hparams["lr"])
         for group in algorithm.optimizer.param_groups:
             group["lr"] = group["lr"] / base * lr
+    # The new groups' rates are the base rates: scale them to the current step of the schedule.
+    algorithm.lr_schedule.apply(algorithm.optimizer)
 
 
 class StepCounter(nn.Module):

@@ -18,6 +18,7 @@ from torch import nn
 
 from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, PerFamily
+from domainbed.lib.optim import OPTIMIZERS, LRSchedule, build_optimizer, check_supported
 from domainbed.networks import Features, build_classifier, build_featurizer
 
 Minibatches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -48,6 +49,10 @@ class Algorithm(nn.Module):
     BASELINE_OF: ClassVar[str | None] = None
     # True when the reported model is an average of the trained weights (SWAD): model selection reads it.
     AVERAGED_MODEL: ClassVar[bool] = False
+    # Optimizers (hparam optimizer / lars) this algorithm can train with; others are refused at set-up.
+    SUPPORTED_OPTIMIZERS: ClassVar[tuple[str, ...]] = OPTIMIZERS
+    # True when the first linear_steps steps train only the classifier (DomainBed's ERMPlusPlus).
+    USES_LINEAR_STEPS: ClassVar[bool] = False
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, num_domains: int, hparams: Mapping[str, Any]):
         super().__init__()
@@ -62,6 +67,8 @@ class Algorithm(nn.Module):
         # Wrappers (FT-LP) set this when they need stem/stage features from the same pass.
         self.want_intermediates = False
         self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_schedule = LRSchedule()  # constant until setup() reads the hparams
+        self._total_steps: int | None = None
         self.scaler: torch.amp.GradScaler | None = None
         self._amp_dtype: torch.dtype | None = None
         self._channels_last = False
@@ -105,7 +112,9 @@ class Algorithm(nn.Module):
             # In place, so state_dict keys do not change. It compiles the trunk's forward (the
             # pooled-features path); timm's forward_intermediates path stays eager.
             self.featurizer.trunk.compile()
+        check_supported(type(self).__name__, self.hparams, self.SUPPORTED_OPTIMIZERS, self.USES_LINEAR_STEPS)
         self.optimizer = self.configure_optimizer()
+        self.lr_schedule = LRSchedule.from_hparams(self.hparams, self._total_steps)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self._amp_dtype == torch.float16)
         return self
 
@@ -114,11 +123,23 @@ class Algorithm(nn.Module):
         return [{"params": [p for p in self.featurizer.parameters() if p.requires_grad] + list(self.classifier.parameters())}]
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer of hparams ``optimizer`` / ``lars`` over :meth:`param_groups`
+        (:mod:`domainbed.lib.optim`; by default DomainBed's Adam)."""
         fused = _flag(self.hparams.get("fused_optimizer", "auto"), self.device.type == "cuda")
-        kwargs: dict[str, Any] = {"lr": self.hparams["lr"], "weight_decay": self.hparams["weight_decay"]}
-        if fused:
-            kwargs["fused"] = True
-        return torch.optim.Adam(self.param_groups(), **kwargs)
+        return build_optimizer(self.param_groups(), self.hparams, lr=self.hparams["lr"], fused=fused)
+
+    def configure_schedule(self, total_steps: int) -> None:
+        """Set the run's length, which cosine schedules need (the training loop calls this)."""
+        self._total_steps = int(total_steps)
+        self.lr_schedule = LRSchedule.from_hparams(self.hparams, self._total_steps)
+
+    def apply_lr_schedule(self, step: int) -> None:
+        """Set the learning rates of training step ``step``; the training loop calls this
+        before each :meth:`update`. A no-op under the default constant schedule."""
+        if self.optimizer is None:
+            self.setup()
+        assert self.optimizer is not None
+        self.lr_schedule.apply(self.optimizer, step)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self._amp_dtype is None:

@@ -29,6 +29,7 @@ from domainbed.algorithms.counters import UpdateCounter
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, PerFamily, choice, log_uniform, pow2_int
+from domainbed.lib.optim import build_optimizer
 
 
 class MLP(nn.Module):
@@ -82,6 +83,8 @@ class DANN(Algorithm):
 
     CONDITIONAL: ClassVar[bool] = False
     CLASS_BALANCE: ClassVar[bool] = False
+    # Both groups use Adam's betas (beta1, 0.9), part of the method: Adam or AdamW only.
+    SUPPORTED_OPTIMIZERS: ClassVar[tuple[str, ...]] = ("adam", "adamw")
     HPARAMS = {
         "lambda": HParam(1.0, log_uniform(-2, 2), "weight of the adversarial term in the generator's loss"),
         "weight_decay_d": HParam(0.0, log_uniform(-6, -2), "discriminator weight decay"),
@@ -118,7 +121,7 @@ class DANN(Algorithm):
             {"params": self.generator_params(), "lr": h["lr_g"], "weight_decay": h["weight_decay_g"], "betas": betas},
         ]
         fused = _flag(h.get("fused_optimizer", "auto"), self.device.type == "cuda")
-        return torch.optim.Adam(groups, **({"fused": True} if fused else {}))
+        return build_optimizer(groups, h, fused=fused)
 
     def update(self, minibatches: Minibatches, unlabeled: list[Tensor] | None = None) -> dict[str, Tensor]:
         if self.optimizer is None:

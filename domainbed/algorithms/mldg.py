@@ -4,7 +4,7 @@ first-order, as DomainBed runs it.
 Each update splits the training domains at random into meta-train domains and
 ``n_meta_test`` meta-test domains and pairs each meta-train domain ``i`` with a meta-test
 domain ``j`` (cycling through them). For each pair, a copy of the network takes one fresh
-Adam step on ``L_i``; the gradient accumulated for the real step is
+Adam step (a fresh step of hparam ``optimizer``'s kind) on ``L_i``; the gradient accumulated for the real step is
 ``(G_i + mldg_beta · G_j) / n_domains``, where ``G_i = ∇L_i(θ)`` and ``G_j = ∇L_j`` at the
 copy's stepped weights (no second derivatives).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from itertools import cycle
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,7 @@ from domainbed.algorithms.base import Algorithm, Minibatches, Predictor, cross_e
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, choice, log_uniform
+from domainbed.lib.optim import build_optimizer
 
 
 def meta_train_test_pairs(perm: list[int], n_meta_test: int) -> list[tuple[int, int]]:
@@ -36,11 +38,12 @@ def meta_train_test_pairs(perm: list[int], n_meta_test: int) -> list[tuple[int, 
     return list(zip(meta_train, cycle(meta_test)))
 
 
-def first_adam_step(params: list[nn.Parameter], grads: list[Tensor | None], lr: float, weight_decay: float) -> None:
-    """One step of a fresh ``torch.optim.Adam`` on ``params`` with ``grads``."""
+def first_step(params: list[nn.Parameter], grads: list[Tensor | None], hparams: Mapping[str, Any], lr: float) -> None:
+    """One step of a fresh optimizer of ``hparams`` (DomainBed: ``torch.optim.Adam``) at ``lr``
+    on ``params`` with ``grads``."""
     for p, g in zip(params, grads):
         p.grad = g
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    opt = build_optimizer(params, hparams, lr=lr)
     opt.step()
     for p in params:
         p.grad = None
@@ -66,7 +69,8 @@ class MLDG(Algorithm):
         assert self.optimizer is not None and self.scaler is not None
         self.optimizer.zero_grad(set_to_none=True)  # before the copies: they need no gradients
         h = self.hparams
-        beta, lr, wd = float(h["mldg_beta"]), float(h["lr"]), float(h["weight_decay"])
+        # The inner step runs at the outer step's scheduled rate (exactly h["lr"] when constant).
+        beta, lr = float(h["mldg_beta"]), float(h["lr"]) * self.lr_schedule.current_factor()
         pairs = meta_train_test_pairs(torch.randperm(n).tolist(), min(int(h["n_meta_test"]), n - 1))
         network = Predictor({"featurizer": self.featurizer, "classifier": self.classifier})
         params = self._trainable(network)
@@ -83,7 +87,7 @@ class MLDG(Algorithm):
             with self.autocast():
                 loss_i = cross_entropy(inner.predict(xi[:m]), yi[:m])
             g_i = torch.autograd.grad(self.scaler.scale(loss_i), inner_params, allow_unused=True)
-            first_adam_step(inner_params, [None if g is None else g / scale for g in g_i], lr, wd)
+            first_step(inner_params, [None if g is None else g / scale for g in g_i], h, lr)
             with self.autocast():
                 loss_j = cross_entropy(inner.predict(xj[:m]), yj[:m])
             g_j = torch.autograd.grad(self.scaler.scale(loss_j), inner_params, allow_unused=True)

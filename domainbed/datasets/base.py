@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, choice, log_uniform, pow2_int
+from domainbed.lib.optim import OPTIM_HPARAMS
 from domainbed.lib.registry import Registry
 
 T = TypeVar("T", bound=type)
@@ -63,9 +64,11 @@ class MultipleDomainDataset:
         "eval_batch_size": HParam(256, help="batch size of evaluation (under inference_mode)"),
         "input_pipeline": HParam("auto", help="training input pipeline: auto (device on CUDA for JPEG image folders), cpu, device",
                                  choices=("auto", "cpu", "device")),
-        "lr": HParam(5e-5, log_uniform(-5, -3.5), "Adam learning rate"),
+        "lr": HParam(5e-5, log_uniform(-5, -3.5), "learning rate (the base rate of lr_schedule)"),
         "batch_size": HParam(32, pow2_int(3, 5.5), "per-domain minibatch size"),
-        "weight_decay": HParam(0.0, log_uniform(-6, -2), "Adam weight decay"),
+        "weight_decay": HParam(0.0, log_uniform(-6, -2), "weight decay (L2 for adam, sgd and lars; decoupled for adamw)"),
+        # optimizer, lr_schedule, warmup_steps, and DomainBed HEAD's lars and linear_steps.
+        **OPTIM_HPARAMS,
     }
     # Applied after the algorithm's own hparams, and only to hparams it has; the algorithm's
     # distribution is kept (MIRO's published ftlp_lambda per dataset, say).

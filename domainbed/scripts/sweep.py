@@ -40,6 +40,7 @@ from domainbed.lib.run_lock import folder_in_use
 from domainbed.sweep import options
 from domainbed.sweep.jobs import JobState, build_jobs, build_train_args, job_state
 from domainbed.sweep.jobs import SweepJob as Job  # DomainBed's name; a domainbed.launchers.Job
+from domainbed.training.provenance import mixed_commits_warning
 
 Command = Callable[[argparse.Namespace, list[Job]], int]
 COMMANDS: Registry[Command] = Registry("sweep command")
@@ -166,6 +167,9 @@ def status(args: argparse.Namespace, jobs: list[Job]) -> int:
     if conditions["failed"]:
         print(f"{conditions['failed']} failed jobs (an error, see launcher.log / err.txt in their folders) are retried "
               "only after delete_incomplete.")
+    mixed = mixed_commits_warning([job.output_dir for job in jobs])
+    if mixed:
+        print(mixed)
     table: dict[tuple[str, str], Counter] = {}
     for job in jobs:
         key = (job.train_args["dataset"], job.train_args["algorithm"])

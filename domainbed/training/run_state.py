@@ -1,7 +1,7 @@
 """What a checkpoint holds and how a run resumes from it.
 
 A checkpoint is the whole state the loop needs to continue as if never stopped: the
-algorithm, its optimizer and grad scaler, every RNG state, the step, and the log sums
+algorithm, its optimizer, learning-rate schedule and grad scaler, every RNG state, the step, and the log sums
 accumulated since the last record. Resuming loads the newest intact checkpoint
 (``checkpoint.pt``, else ``checkpoint.prev.pt``) and drops the records written after it,
 since they are recomputed identically; with no intact checkpoint the run starts again.
@@ -49,6 +49,7 @@ def checkpoint_state(step: int, algorithm: Any, loop: LoopState) -> dict[str, An
         "algorithm": algorithm.state_dict(),
         "optimizer": algorithm.optimizer.state_dict(),
         "scaler": algorithm.scaler.state_dict(),
+        "lr_schedule": algorithm.lr_schedule.state_dict(),
         "rng": rng_state(),
         "log_sums": {k: v.detach().cpu() for k, v in loop.log_sums.items()},
         "log_count": loop.log_count,
@@ -73,6 +74,8 @@ def resume(out: Path, checkpoints: Sequence[Path], results: Path, algorithm: Any
     algorithm.load_state_dict(state["algorithm"])
     algorithm.optimizer.load_state_dict(state["optimizer"])
     algorithm.scaler.load_state_dict(state["scaler"])
+    if "lr_schedule" in state:  # absent in checkpoints of earlier versions (constant lr)
+        algorithm.lr_schedule.load_state_dict(state["lr_schedule"])
     set_rng_state(state["rng"])
     loop = LoopState({k: v.to(device) for k, v in state["log_sums"].items()}, int(state["log_count"]),
                      bool(state.get("finished", False)))
@@ -92,5 +95,6 @@ def model_state(args: argparse.Namespace, hparams: dict[str, Any], dataset: Any,
         "input_shape": list(dataset.input_shape),
         "num_classes": dataset.num_classes,
         "num_domains": num_domains,
-        "model_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        # Tensors to the CPU; an extra state (SWAD's, a dict) as it is.
+        "model_dict": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in network.state_dict().items()},
     }

@@ -35,6 +35,7 @@ from domainbed.lib.preemption import PreemptionGuard
 from domainbed.lib.tb_trim import trim_event_files
 from domainbed.training.arguments import resolve_device, resolve_hparams
 from domainbed.training.best_model import BestModelKeeper
+from domainbed.training.provenance import record_provenance
 from domainbed.training.reporting import make_record, print_summary, write_tensorboard
 from domainbed.training.run_folder import (
     CHECKPOINT,
@@ -73,6 +74,7 @@ class Trainer:
         self.algorithm = algorithm_class(self.dataset.input_shape, self.dataset.num_classes, len(self.train_envs),
                                          self.hparams)
         self.algorithm.setup(self.device)
+        self.algorithm.configure_schedule(self.steps)  # hparams optimizer / lr_schedule (lib/optim.py)
 
     def _make_splits(self) -> None:
         args = self.args
@@ -155,6 +157,8 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         self.setup()
+        provenance = record_provenance(self.out)
+        print("Provenance:", json.dumps({k: v for k, v in provenance.items() if k != "resumed_with"}, sort_keys=True))
         self.bad_images_at_start = bad_image_count()
         start, self.loop = resume(self.out, [self.ckpt_path, self.prev_ckpt_path], self.results_path,
                                   self.algorithm, self.device)
@@ -183,6 +187,7 @@ class Trainer:
         with self.preempt.during("training") as preempt:
             step = start
             while step < self.steps and not loop.finished:
+                alg.apply_lr_schedule(step)
                 if unlabeled is None:
                     loop.add(alg.update(next(batches)))
                 else:  # as DomainBed: the inputs of each test domain's batch, on the device
