@@ -23,10 +23,10 @@ import numpy as np
 from domainbed.algorithms import get_algorithm_class
 from domainbed.datasets import MultipleDomainDataset, get_dataset_class
 from domainbed.lib.errors import UserError
-from domainbed.lib.hparam import HParam, PerFamily, Sampler, choice, log_uniform, pow2_int, uniform
+from domainbed.lib.hparam import HParam, PerDataset, PerFamily, Sampler, choice, log_uniform, pow2_int, uniform
 from domainbed.lib.misc import seed_hash
 
-__all__ = ["HParam", "PerFamily", "Sampler", "choice", "log_uniform", "pow2_int", "uniform",
+__all__ = ["HParam", "PerDataset", "PerFamily", "Sampler", "choice", "log_uniform", "pow2_int", "uniform",
            "default_hparams", "get_hparams", "hparam_specs", "random_hparams", "parse_overrides"]
 
 
@@ -35,7 +35,8 @@ def hparam_specs(algorithm: str, dataset: str | type[MultipleDomainDataset]) -> 
 
     In order: the dataset's ``hparam_specs()`` (those every algorithm has there); the
     algorithm's, which win (ARM's fixed batch_size), ``PerFamily`` ones resolved by the
-    dataset's ``HPARAM_FAMILY``; then the dataset's ``HPARAMS_FOLLOW`` and its
+    dataset's ``HPARAM_FAMILY``, ``PerDataset`` ones by its class name or family (``None``
+    keeps the dataset's own); then the dataset's ``HPARAMS_FOLLOW`` and its
     ``hparam_defaults()``, which change only hparams already there (a dataset's
     ``ftlp_lambda`` reaches only algorithms that declare it) and keep their distributions.
     """
@@ -43,7 +44,9 @@ def hparam_specs(algorithm: str, dataset: str | type[MultipleDomainDataset]) -> 
     family = data.HPARAM_FAMILY
     specs = data.hparam_specs()
     for name, spec in get_algorithm_class(algorithm).hparam_specs().items():
-        specs[name] = spec.resolve(family) if isinstance(spec, PerFamily) else spec
+        resolved = spec.resolve(family, data.__name__) if isinstance(spec, (PerFamily, PerDataset)) else spec
+        if resolved is not None:  # None: the dataset's own declaration stands
+            specs[name] = resolved
     for name, like in data.HPARAMS_FOLLOW.items():
         if name in specs:
             specs[name] = replace(specs[name], default=specs[like].default, sample=specs[like].sample)

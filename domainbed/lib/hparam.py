@@ -9,8 +9,8 @@ distributions make, so a draw from the same seed gives the same value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -53,8 +53,29 @@ class PerFamily:
     small: HParam
     image: HParam
 
-    def resolve(self, family: str) -> HParam:
+    def resolve(self, family: str, dataset: str = "") -> HParam:
         return self.small if family in SMALL_FAMILIES else self.image
+
+
+@dataclass(frozen=True)
+class PerDataset:
+    """An hparam whose default and distribution DomainBed sets per dataset (RDM's penalty
+    weights and batch size, ADRMX's learning rate).
+
+    ``cases`` maps a dataset's class name, a family name (``HPARAM_FAMILY``) or ``"small"``
+    (the 28 px families) to its declaration, looked up in that order; other datasets get
+    ``otherwise``. ``None`` declares nothing, so the dataset's own declaration stands (the
+    calibrated lr and batch size of the digit-subset family, or the small-image batch size).
+    """
+
+    otherwise: HParam | None
+    cases: Mapping[str, HParam | None] = field(default_factory=dict)
+
+    def resolve(self, family: str, dataset: str = "") -> HParam | None:
+        for key in (dataset, family, "small" if family in SMALL_FAMILIES else None):
+            if key in self.cases:
+                return self.cases[key]
+        return self.otherwise
 
 
 def log_uniform(lo: float, hi: float) -> Sampler:
@@ -65,6 +86,11 @@ def log_uniform(lo: float, hi: float) -> Sampler:
 def uniform(lo: float, hi: float) -> Sampler:
     """``U(lo, hi)``."""
     return lambda r: float(r.uniform(lo, hi))
+
+
+def int_uniform(lo: float, hi: float) -> Sampler:
+    """``int(U(lo, hi))``."""
+    return lambda r: int(r.uniform(lo, hi))
 
 
 def pow2_int(lo: float, hi: float) -> Sampler:

@@ -137,6 +137,14 @@ class Loader(DataLoader):
             signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a signal that came meanwhile is delivered now
 
 
+def own_generator(seed: int) -> torch.Generator:
+    """The generator a loader draws its workers' base seed from each time it is iterated. Its
+    own, not the global one: building or iterating loaders must not move the global stream
+    that algorithms draw from (Mixup, URM's noise), or a resumed run, which builds its
+    loaders after restoring that stream, would draw other numbers than an uninterrupted one."""
+    return torch.Generator().manual_seed(int(seed))
+
+
 def default_workers(dataset_workers: int) -> int:
     """A dataset's worker count, capped by the cores this process may use (no
     oversubscription warning from the loader, no more processes than cores)."""
@@ -162,6 +170,7 @@ def train_loader(
         prefetch_factor=4 if num_workers > 0 else None,
         collate_fn=collate_fn,
         worker_init_fn=ignore_interrupts,
+        generator=own_generator(seed),
     )
 
 
@@ -195,7 +204,7 @@ def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory:
         dataset = SeededEvalSamples(dataset, seed)
     return Loader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
-        persistent_workers=num_workers > 0, worker_init_fn=ignore_interrupts,
+        persistent_workers=num_workers > 0, worker_init_fn=ignore_interrupts, generator=own_generator(seed),
     )
 
 
