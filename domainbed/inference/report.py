@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -105,8 +106,8 @@ def reliability_figure(results: dict[str, dict[str, Any]], path: Path, title: st
     axes[0][0].set_ylabel("accuracy")
     axes[0][0].legend(loc="upper left", fontsize=8)
     n_bins = next((r["ece_bins"] for r in shown.values()), metrics.DEFAULT_ECE_BINS)
-    fig.suptitle((title + "\n" if title else "") + f"Reliability diagram, {n_bins} equal-width confidence bins",
-                 fontsize=9)
+    head = textwrap.fill(title, width=max(40, 48 * n)) + "\n" if title else ""  # a long model line wraps
+    fig.suptitle(head + f"Reliability diagram, {n_bins} equal-width confidence bins", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
