@@ -1,0 +1,50 @@
+"""Evidence v3 (docs/evidence/v3): the committed report regenerates from the committed
+records and probe files, and the MIRO scale it states is the probe's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+V3 = REPO / "docs" / "evidence" / "v3"
+
+
+def load_report_module():
+    spec = importlib.util.spec_from_file_location("make_report_v3", V3 / "make_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_map_regenerates_from_the_committed_records(tmp_path):
+    load_report_module().main(["--out", str(tmp_path)])
+    assert (tmp_path / "map.md").read_text() == (V3 / "map.md").read_text()
+    assert (tmp_path / "regime_map.png").stat().st_size > 0
+
+
+def test_probe_figures_quoted_in_the_readme_are_the_probe_files():
+    readme = (V3 / "README.md").read_text()
+    report = load_report_module()
+    for dataset, size, frozen, quoted in [("OfflineDigits", 64, True, "19.0"), ("OfflineDigits", 128, True, "36.3"),
+                                          ("RotatedMNISTSubset", 64, True, "75.2"),
+                                          ("RotatedMNISTSubset", 128, True, "85.7"),
+                                          ("OfflineDigits", 32, False, "15.2"), ("RotatedMNISTSubset", 32, False, "30.0")]:
+        mode = "frozen" if frozen else "batch"
+        data = json.loads((V3 / "probe" / f"{dataset}_efficientnet_lite0_{size}px_bn-{mode}.json").read_text())
+        acc = next(d["probe_acc"] for d in data["domains"] if d["index"] == report.TEST_ENV[dataset])
+        assert f"{100 * acc:.1f}" == quoted
+        assert f" {quoted} |" in readme
+
+
+def test_the_stage_variances_quoted_in_the_readme_are_the_probes():
+    readme = (V3 / "README.md").read_text()
+    for size in (64, 128):
+        means = [layer["var_mean"]
+                 for path in (V3 / "probe").glob(f"*_{size}px_bn-frozen.json")
+                 for layer in json.loads(path.read_text())["layers"] if layer["name"] != "final"]
+        low, high = min(means), max(means)
+        assert low > 0.1, "every regularised stage varies more than MIRO's start value"
+        assert f"{low:.2g}–{round(high)}\nat {size} px" in readme or f"{low:.2g}–{round(high)} at {size} px" in readme, \
+            (size, low, high)
