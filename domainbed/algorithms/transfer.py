@@ -15,7 +15,7 @@ minimises it. Each update, as DomainBed runs it:
 
 ``h'`` is a submodule, so a checkpoint carries it; its SGD has no state.
 
-Deliberate differences from DomainBed's code, both documented in the README:
+Deliberate differences from DomainBed's code (the README's algorithm table names the first):
 
 * ``gda = true`` (what DomainBed's random search always draws) trains featurizer and
   classifier with plain SGD at ``lr``, the gradient descent-ascent the paper describes.
