@@ -15,33 +15,18 @@ as well; a second SIGTERM is harmless to ``train``.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import threading
 from typing import Any, Mapping, Sequence
 
-from domainbed.lib.preemption import exit_status
-
-_HANDLED = (signal.SIGINT, signal.SIGTERM)
+from domainbed.lib.preemption import InterruptHandling, exit_status
 
 
-class LaunchInterrupts:
+class LaunchInterrupts(InterruptHandling):
     """Signal handling of a launcher for the ``with`` block (installed from the main thread)."""
 
     def __init__(self) -> None:
         self.received: list[int] = []
         self._children: dict[subprocess.Popen, int] = {}  # process -> signals forwarded to it so far
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "LaunchInterrupts":
-        if threading.current_thread() is threading.main_thread():
-            self._old = {s: signal.signal(s, self._handle) for s in _HANDLED}
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)
-        self._old = {}
 
     @property
     def stopping(self) -> bool:

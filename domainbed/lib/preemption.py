@@ -39,7 +39,29 @@ class Preempted(BaseException):
     like ``KeyboardInterrupt``, so that ``except Exception`` clauses do not swallow it."""
 
 
-class PreemptionGuard:
+class InterruptHandling:
+    """Base of a ``with`` block that handles SIGTERM and SIGINT with :meth:`_handle` and puts
+    the previous handlers back at its end (only the main thread may install handlers; in any
+    other thread the block changes nothing)."""
+
+    _old: dict[int, Any]
+
+    def __enter__(self) -> Any:
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in HANDLED}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        raise NotImplementedError
+
+
+class PreemptionGuard(InterruptHandling):
     """Installs the SIGTERM and SIGINT handlers for the ``with`` block (main thread only);
     see the module doc."""
 
@@ -50,18 +72,8 @@ class PreemptionGuard:
         self._sigints = 0
         self.phase = "set-up"
         self._pid = os.getpid()
-        self._old: dict[int, Any] = {}
-        self._raised = False
-
-    def __enter__(self) -> "PreemptionGuard":
-        if threading.current_thread() is threading.main_thread():
-            self._old = {s: signal.signal(s, self._handle) for s in HANDLED}
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)
         self._old = {}
+        self._raised = False
 
     @property
     def signal_name(self) -> str:
