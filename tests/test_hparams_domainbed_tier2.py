@@ -99,3 +99,29 @@ def test_draws_actually_vary_and_stay_in_range():
     assert len({d["lambda"] for d in draws}) == 19
     assert all(10 <= d["lambda"] <= 1e4 and 0 <= d["penalty_anneal_iters"] < 5000 for d in draws)
     assert {hr.get_hparams("CAD", "Debug28", s, 1)["lmbda"] for s in range(1, 20)} <= {1e-4, 1e-3, 1e-2, 1e-1, 1, 10, 100}
+
+
+# DomainBed HEAD's backbone switches, declared for every algorithm on every dataset. One
+# deliberate difference: resnet50_augmix is false here, true in DomainBed HEAD (the published
+# tables used torchvision's ResNet-50 with frozen BatchNorm; test_hparams_domainbed.DIFFERENT).
+BACKBONE_TABLE = {
+    "dinov2": (False, lambda r: False),
+    "vit": (False, lambda r: False),
+    "vit_attn_tune": (False, lambda r: False),
+    "vit_dropout": (0.0, lambda r: r.choice([0.0, 0.1, 0.5])),
+}
+OUR_RESNET50_AUGMIX = False  # DomainBed HEAD: True, default and draws
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("algorithm", sorted(DOMAINBED))
+def test_backbone_switches_match_domainbed(algorithm, dataset):
+    for name, (default, _) in BACKBONE_TABLE.items():
+        assert hr.get_hparams(algorithm, dataset, 0, 0)[name] == default
+    for hparams_seed in range(1, 10):
+        for trial_seed in range(3):
+            ours = hr.get_hparams(algorithm, dataset, hparams_seed, trial_seed)
+            seed = seed_hash(hparams_seed, trial_seed)
+            for name, (_, fn) in BACKBONE_TABLE.items():
+                assert ours[name] == fn(np.random.RandomState(seed_hash(seed, name))), (name, hparams_seed)
+            assert ours["resnet50_augmix"] is OUR_RESNET50_AUGMIX

@@ -49,12 +49,26 @@ class MultipleDomainDataset:
         "resnet18": HParam(False, help="DomainBed compatibility: use ResNet-18 where the backbone is resnet50"),
         # Declared for every dataset (so random draws match DomainBed's), applied to ResNets only.
         "resnet_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "dropout on the pooled features of ResNet backbones"),
+        # DomainBed HEAD's backbone switches (README.md, "Pretrained weights, offline"). They replace
+        # a resnet18 / resnet50 backbone, as DomainBed replaces its ResNet; mnist_cnn ignores them.
+        # resnet50_augmix defaults to false here (true in DomainBed HEAD): the published
+        # tables used torchvision's ImageNet ResNet-50 with frozen BatchNorm.
+        "resnet50_augmix": HParam(False, help="DomainBed HEAD's ResNet-50: timm's resnet50.ram_in1k weights, "
+                                              "BatchNorm trained (freeze_bn auto is false with it)",
+                                  choices=(False, True)),
+        "vit": HParam(False, help="DomainBed HEAD: with dinov2, the DINOv2 ViT-B/14 backbone", choices=(False, True)),
+        "dinov2": HParam(False, help="DomainBed HEAD: with vit, the DINOv2 ViT-B/14 backbone (features: the class "
+                                     "tokens of the last 4 blocks and the mean patch token)", choices=(False, True)),
+        "vit_attn_tune": HParam(False, help="train only the attention layers of a ViT backbone (DomainBed HEAD)",
+                                choices=(False, True)),
+        "vit_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "dropout on the features of ViT backbones (DomainBed HEAD)"),
         "class_balanced": HParam(False, help="sample classes uniformly in each training domain"),
         "nonlinear_classifier": HParam(False, help="an MLP head instead of a linear classifier"),
         "backbone": HParam("resnet50", help="featurizer: mnist_cnn, resnet18, resnet50, efficientnet_lite0, vit_b_16 or any timm name"),
         "pretrained": HParam(True, help="load ImageNet weights (offline; README.md: Pretrained weights, offline)"),
         "weights_path": HParam("", help="explicit pretrained-weights file; empty: look in the caches"),
-        "freeze_bn": HParam("auto", help="keep BatchNorm statistics frozen; auto: True for ResNets"),
+        "freeze_bn": HParam("auto", help="keep BatchNorm statistics frozen; auto: True for ResNets, except "
+                                         "resnet50_augmix's (DomainBed HEAD trains its BatchNorm)"),
         "image_size": HParam(224, help="input resolution of image datasets"),
         "precision": HParam("auto", help="autocast dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32",
                             choices=("auto", "bf16", "fp16", "fp32")),

@@ -16,6 +16,13 @@ features; :func:`intermediate_taps` lists them with their strides):
   16, 32). The stem convolution alone is not tapped.
 - mnist_cnn: the output of each of its four blocks (strides 1, 2, 2, 2).
 - Other timm models: whatever their ``feature_info`` names.
+- dinov2_vitb14 (DomainBed HEAD's DINOv2): none; see :mod:`domainbed.networks.dinov2`.
+
+DomainBed HEAD's backbone switches act where DomainBed builds its ResNet, that is on the
+resnet18 / resnet50 backbones (:func:`resolve_backbone_name`): ``resnet50_augmix`` gives
+timm's ResNet-50 with the ``resnet50.ram_in1k`` weights (AugMix + RandAugment training),
+``vit`` and ``dinov2`` together give DINOv2 ViT-B/14. On mnist_cnn they are ignored, as
+DomainBed ignores them on 28 px images; with any other backbone they are an error.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 from torch import nn
 
 from domainbed.lib.errors import UserError
+from domainbed.networks.dinov2 import DINOV2_ARCH, DinoV2Features
 from domainbed.networks.mnist_cnn import MNISTConvNet
 from domainbed.networks.weights import WeightsError, input_normalisation, load_pretrained
 
@@ -38,6 +46,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Friendly names to timm model names.
 TIMM_ALIASES = {"vit_b_16": "vit_base_patch16_224", "vit_b16": "vit_base_patch16_224"}
+# DomainBed HEAD's backbones: hparam resnet50_augmix, and hparams vit + dinov2 (the name is
+# torch hub's for the same network).
+RESNET50_AUGMIX = "resnet50.ram_in1k"
+DINOV2 = "dinov2_vitb14"
 
 
 class Features(NamedTuple):
@@ -57,6 +69,10 @@ def _is_resnet(name: str) -> bool:
     return name.startswith("resnet")
 
 
+def _is_vit(name: str) -> bool:
+    return name == DINOV2 or TIMM_ALIASES.get(name, name).startswith("vit")
+
+
 def _taps_stem_before_maxpool(trunk: nn.Module) -> bool:
     """A timm ResNet, whose first intermediate is the stem before its max-pool."""
     info = getattr(trunk, "feature_info", None)
@@ -69,13 +85,22 @@ def create_trunk(name: str, input_shape: tuple[int, ...], pretrained: bool, weig
         if pretrained:
             raise WeightsError("backbone mnist_cnn has no pretrained weights; set hparam pretrained to false")
         return MNISTConvNet(input_shape[0])
+    if name == DINOV2:
+        if input_shape[0] != 3:
+            raise UserError(f"DINOv2 needs 3-channel images; this dataset has {input_shape[0]}")
+        trunk = DinoV2Features(input_shape[-1])
+        if pretrained:
+            path = load_pretrained(trunk.vit, DINOV2_ARCH, weights_path)
+            log.info("loaded pretrained weights for %s from %s", name, path)
+            trunk.expected_input = input_normalisation(path)
+        return trunk
     import timm
 
     timm_name = TIMM_ALIASES.get(name, name)
     if not timm.is_model(timm_name):
         raise UserError(
             f"unknown backbone {name!r}. Use mnist_cnn, resnet18, resnet50, efficientnet_lite0, "
-            f"vit_b_16, or any name from timm.list_models()."
+            f"vit_b_16, {DINOV2}, or any name from timm.list_models()."
         )
     kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
     if input_shape[0] != 3:
@@ -167,21 +192,57 @@ def intermediate_taps(featurizer: Featurizer) -> list[tuple[str, int]]:
 
 
 def resolve_backbone_name(hparams: Mapping[str, Any]) -> str:
+    """The backbone the hparams ask for, DomainBed's switches (resnet18, resnet50_augmix,
+    vit + dinov2) applied where DomainBed applies them: in place of its ResNet."""
     name = str(hparams.get("backbone", "resnet50"))
-    if name == "resnet50" and hparams.get("resnet18", False):
-        name = "resnet18"
-    return name
+    vit, dinov2 = bool(hparams.get("vit", False)), bool(hparams.get("dinov2", False))
+    augmix = bool(hparams.get("resnet50_augmix", False))
+    if name == "mnist_cnn" or not (vit or dinov2 or augmix):
+        return "resnet18" if name == "resnet50" and hparams.get("resnet18", False) else name
+    switches = ", ".join(k for k, on in (("vit", vit), ("dinov2", dinov2), ("resnet50_augmix", augmix)) if on)
+    if not _is_resnet(name):
+        raise UserError(f"hparams {switches} choose DomainBed HEAD's backbone in place of its ResNet, but hparam "
+                        f"backbone is {name!r}: set backbone to resnet50, or drop {switches}")
+    if vit or dinov2:
+        if not (vit and dinov2):
+            # DomainBed refuses vit alone (NotImplementedError) and quietly keeps its ResNet
+            # for dinov2 alone; both are refused here.
+            raise UserError("DomainBed HEAD builds DINOv2 only with both hparams vit and dinov2 true; "
+                            f"got vit={vit}, dinov2={dinov2}. For another ViT, set hparam backbone (e.g. vit_b_16)")
+        return DINOV2
+    return RESNET50_AUGMIX  # as in DomainBed, it takes precedence over resnet18
 
 
 def build_featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any]) -> Featurizer:
-    """The featurizer that ``hparams`` describe (backbone, pretrained, ResNet dropout, freeze_bn)."""
+    """The featurizer that ``hparams`` describe (backbone, pretrained, ResNet / ViT dropout,
+    freeze_bn, vit_attn_tune)."""
     name = resolve_backbone_name(hparams)
     trunk = create_trunk(name, input_shape, bool(hparams.get("pretrained", False)), hparams.get("weights_path") or None)
     freeze = hparams.get("freeze_bn", "auto")
-    freeze_bn = _is_resnet(name) if freeze == "auto" else bool(freeze)
-    # As in DomainBed, resnet_dropout applies to ResNets only (not the MNIST CNN, not timm's others).
-    dropout = float(hparams.get("resnet_dropout", 0.0)) if _is_resnet(name) else 0.0
+    # auto: frozen for torchvision's ResNets (the published protocol); resnet50_augmix is
+    # DomainBed HEAD's protocol, whose BatchNorm trains (its freeze_bn defaults to false).
+    freeze_bn = (_is_resnet(name) and name != RESNET50_AUGMIX) if freeze == "auto" else bool(freeze)
+    # As in DomainBed, resnet_dropout applies to ResNets only and vit_dropout to ViTs only
+    # (neither to the MNIST CNN); both are drawn on every dataset.
+    dropout = 0.0
+    if _is_resnet(name):
+        dropout = float(hparams.get("resnet_dropout", 0.0))
+    elif _is_vit(name):
+        dropout = float(hparams.get("vit_dropout", 0.0))
+    if hparams.get("vit_attn_tune", False) and name != "mnist_cnn":
+        if not _is_vit(name):
+            raise UserError(f"hparam vit_attn_tune tunes the attention layers of a ViT; backbone {name!r} is not one "
+                            "(DomainBed HEAD: set vit and dinov2 true)")
+        attention_only(trunk)
     return Featurizer(trunk, dropout, freeze_bn)
+
+
+def attention_only(trunk: nn.Module) -> None:
+    """DomainBed HEAD's vit_attn_tune: train the parameters of the attention layers (every
+    name containing ``attn``: qkv and output projections) and freeze all the others (patch
+    and position embeddings, class token, LayerNorms, MLPs, LayerScales)."""
+    for n, p in trunk.named_parameters():
+        p.requires_grad_("attn" in n)
 
 
 def build_classifier(in_features: int, num_classes: int, nonlinear: bool = False) -> nn.Module:

