@@ -15,6 +15,9 @@ from domainbed.sweep import jobs as sweep_jobs
 
 FIVE = ["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
 SEVEN = ["ERM", "CORAL", "SWAD", "MIRO", "ERM_FTLP", "CORAL_FTLP", "SWAD_FTLP"]
+# Both paper sweeps pin the published tables' backbone: torchvision's ImageNet ResNet-50 with
+# frozen BatchNorm, not DomainBed HEAD's default (timm's AugMix ResNet-50, BatchNorm training).
+PUBLISHED = {"backbone": "resnet50", "resnet50_augmix": False, "freeze_bn": True}
 
 
 def jobs_of(tmp_path, *extra: str):
@@ -32,7 +35,7 @@ def test_swad_miro_protocol_is_462_jobs_with_swads_step_counts(tmp_path):
     assert {j["hparams_seed"] for j in jobs} == {0}  # the fixed default hparams
     assert Counter(j["trial_seed"] for j in jobs) == {0: 154, 1: 154, 2: 154}
     assert all(len(j["test_envs"]) == 1 for j in jobs)
-    assert all(json.loads(j["hparams"]) == {"backbone": "resnet50"} for j in jobs)
+    assert all(json.loads(j["hparams"]) == PUBLISHED for j in jobs)
     steps = {d: {(j["steps"], j["checkpoint_freq"]) for j in jobs if j["dataset"] == d} for d in FIVE}
     assert steps == {
         "PACS": {(5001, 100)}, "VLCS": {(5001, 50)}, "OfficeHome": {(5001, 100)},
@@ -47,6 +50,7 @@ def test_ftlp_paper_protocol_uses_domainbeds_step_counts(tmp_path, monkeypatch):
     # 22 single test domains + 39 pairs, 7 algorithms, 20 hparams seeds, 3 trials.
     assert len(jobs) == (22 + 6 * 4 + 15) * 7 * 20 * 3 == 25620
     assert not any("steps" in j for j in jobs)  # every dataset's default: DomainBed's 5,001
+    assert all(json.loads(j["hparams"]) == PUBLISHED for j in jobs)
     assert {get_dataset_class(d).N_STEPS for d in FIVE} == {5001}
 
 
