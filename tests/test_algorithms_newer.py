@@ -401,3 +401,23 @@ def test_ftlp_variants_exist_exactly_for_single_pass_losses():
     names = set(algorithm_names())
     assert {"ERMPlusPlus_FTLP", "URM_FTLP", "RDM_FTLP"} <= names
     assert not {"Transfer_FTLP", "ADRMX_FTLP"} & names
+
+
+@pytest.mark.slow
+def test_the_five_run_in_a_sweep_and_tabulate(tmp_path):
+    """`sweep launch` with the real trainer runs each of the five to `done`, and the tables
+    have a cell for each."""
+    from domainbed.scripts import collect_results, sweep
+
+    out = tmp_path / "sweep"
+    code = sweep.main(["launch", "--datasets", "Debug28", "--algorithms", *NEWER, "--n_hparams", "1", "--n_trials", "1",
+                       "--single_test_envs", "--test_envs_subset", "0", "--steps", "3", "--checkpoint_freq", "2",
+                       "--hparams", '{"batch_size": 4}', "--output_dir", str(out), "--command_launcher", "local",
+                       "--skip_confirmation", "--no_progress", "--threads_per_job", "1"])
+    assert code == 0
+    folders = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(folders) == len(NEWER) and all((p / "done").exists() for p in folders)
+    assert {read_jsonl(p / "results.jsonl")[-1]["args"]["algorithm"] for p in folders} == set(NEWER)
+    table = collect_results.collect(str(out), selection=["oracle"], fmt="text")
+    for name in NEWER:
+        assert any(line.split() and line.split()[0] == name for line in table.splitlines()), table
