@@ -209,7 +209,8 @@ def plot_map(gains: pd.DataFrame, out: Path) -> None:
 
 def plot_pilot(out: Path) -> None:
     """ERM's training-domain validation and test accuracy against steps, per regime."""
-    df = load_records(PILOT).df if PILOT.exists() else pd.DataFrame()
+    # include_incomplete: a pilot stopped early still draws its curve up to its last checkpoint
+    df = load_records(PILOT, include_incomplete=True).df if PILOT.exists() else pd.DataFrame()
     if df.empty:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
