@@ -369,3 +369,21 @@ def test_interrupted_sweep_job_resumes_on_relaunch_and_equals_an_uninterrupted_r
     assert f"Resuming from step {saved + 1} " in (job / "out.txt").read_text()
     assert (job / "done").exists()
     assert comparable(read_jsonl(job / "results.jsonl")) == comparable(read_jsonl(job_folder(reference) / "results.jsonl"))
+
+
+def test_a_process_with_live_workers_exits_although_they_ignore_sigterm(tmp_path):
+    # The iterator is still referenced when the interpreter exits, so multiprocessing's exit
+    # handler meets live workers: it ends them with SIGTERM, which they ignore, then waits.
+    script = tmp_path / "exit.py"
+    script.write_text(
+        "import torch\n"
+        "from torch.utils.data import TensorDataset\n"
+        "from domainbed.lib import loaders\n"
+        "data = TensorDataset(torch.zeros(16, 1), torch.zeros(16, dtype=torch.long))\n"
+        "it = iter(loaders.eval_loader(data, 4, 2, False))\n"
+        "next(it)\n"
+        "print('served', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, env=run_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "served" in done.stdout, done.stderr[-2000:]

@@ -10,6 +10,8 @@ workers and whichever input pipeline (CPU or device) runs.
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import os
 import signal
 from typing import Any, Callable, Iterator, Sequence
@@ -105,6 +107,7 @@ def class_balanced_weights(dataset: Dataset) -> torch.Tensor:
 
 
 _INTERRUPTS = {signal.SIGTERM, signal.SIGINT}
+_exit_hook_registered = False
 
 
 def ignore_interrupts(worker_id: int) -> None:
@@ -122,6 +125,20 @@ def ignore_interrupts(worker_id: int) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTERRUPTS)
 
 
+def _end_leftover_workers() -> None:
+    """At exit, end the loader workers still alive with SIGKILL.
+
+    Python's multiprocessing ends daemonic children at exit with SIGTERM and then waits for
+    them; workers ignore SIGTERM (:func:`ignore_interrupts`), so a worker whose loader was
+    not shut down before the interpreter exits would make that wait last forever. This
+    hook is registered after multiprocessing's, so it runs first.
+    """
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
+
+
 class Loader(DataLoader):
     """A ``DataLoader`` whose workers start with SIGTERM and SIGINT blocked until
     :func:`ignore_interrupts` ignores them: no moment of a worker's start-up is open to a
@@ -130,6 +147,10 @@ class Loader(DataLoader):
     def _get_iterator(self) -> Any:
         if self.num_workers == 0:
             return super()._get_iterator()
+        global _exit_hook_registered
+        if not _exit_hook_registered:
+            atexit.register(_end_leftover_workers)
+            _exit_hook_registered = True
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
         try:
             return super()._get_iterator()
