@@ -133,10 +133,13 @@ def _end_leftover_workers() -> None:
     not shut down before the interpreter exits would make that wait last forever. This
     hook is registered after multiprocessing's, so it runs first.
     """
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
-            child.join(timeout=5)
+    # torch's SIGCHLD handler raises when a worker dies of a signal: not news at exit.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    leftover = [child for child in multiprocessing.active_children() if child.daemon]
+    for child in leftover:
+        child.kill()
+    for child in leftover:
+        child.join(timeout=5)
 
 
 class Loader(DataLoader):
