@@ -117,23 +117,7 @@ class WeightAverager:
 
         ``other`` is taken as the more recent one: its integer entries replace ours.
         """
-        if other.count == 0:
-            return
-        if self.count == 0:
-            self._order = list(other._order)
-            self._dtypes = dict(other._dtypes)
-            self._sums = {k: v.clone() for k, v in other._sums.items()}
-            self._latest = {k: v.clone() for k, v in other._latest.items()}
-        else:
-            self._check_keys(other._order)
-            for key, total in self._sums.items():
-                addend = other._sums[key]
-                if total.device != addend.device:  # follow the newer sums' device
-                    total = self._sums[key] = total.to(addend.device)
-                total.add_(addend)
-            for key in self._latest:
-                self._latest[key] = other._latest[key].clone()
-        self.count += other.count
+        self._add_sums(other, 1.0, other.count)
 
     def add_mean(self, other: WeightAverager) -> None:
         """Add ``other``'s mean as one more equally weighted item (count + 1), as SWAD's
@@ -141,23 +125,27 @@ class WeightAverager:
 
         ``other`` is taken as the more recent one: its integer entries replace ours.
         """
+        if other.count:
+            self._add_sums(other, 1.0 / other.count, 1)
+
+    def _add_sums(self, other: WeightAverager, scale: float, count: int) -> None:
+        """Add ``scale`` times ``other``'s sums and ``count`` to the count; ``other``'s
+        integer entries replace ours (it is the more recent one)."""
         if other.count == 0:
             return
         if self.count == 0:
             self._order = list(other._order)
             self._dtypes = dict(other._dtypes)
-            self._sums = {k: v / other.count for k, v in other._sums.items()}
-            self._latest = {k: v.clone() for k, v in other._latest.items()}
+            self._sums = {k: v * scale for k, v in other._sums.items()}  # a new tensor: never aliases other's
         else:
             self._check_keys(other._order)
             for key, total in self._sums.items():
                 addend = other._sums[key]
-                if total.device != addend.device:
+                if total.device != addend.device:  # follow the newer sums' device
                     total = self._sums[key] = total.to(addend.device)
-                total.add_(addend / other.count)
-            for key in self._latest:
-                self._latest[key] = other._latest[key].clone()
-        self.count += 1
+                total.add_(addend * scale)
+        self._latest = {k: v.clone() for k, v in other._latest.items()}
+        self.count += count
 
     def mean_state(self) -> dict[str, Tensor]:
         """The averaged state, in the original key order and dtypes."""

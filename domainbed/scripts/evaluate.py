@@ -26,6 +26,7 @@ import torch
 
 from domainbed.lib.errors import UserError
 from domainbed.lib.metrics import DEFAULT_ECE_BINS
+from domainbed.training.arguments import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.ece_bins < 1:
             raise UserError("--ece_bins must be a positive integer")
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(args.device or "auto")
         model = load_model(args.model, device)
         failures: list[str] = []
         domains = dataset_domains(model, args) if args.dataset else folder_domains(model, args, failures)

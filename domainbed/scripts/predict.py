@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from domainbed.lib.errors import UserError
+from domainbed.training.arguments import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.top_k < 1:
             raise UserError("--top_k must be at least 1")
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(args.device or "auto")
         model = load_model(args.model, device)
         files = list_images(args.images)
         if not files:
