@@ -30,6 +30,7 @@ from domainbed.lib.selection import (
     OracleSelection,
     PreparedRecords,
     SelectionMethod,
+    TrainingDomainAutoLR,
     TrainingDomainValidation,
     get_selection_method,
     heldout_env_accuracy,
@@ -42,6 +43,7 @@ from domainbed.lib.selection import prepare_records as _prepare_records
 __all__ = [
     "AVERAGED_CKPT",
     "IIDAccuracySelectionMethod",
+    "IIDAutoLRAccuracySelectionMethod",
     "LeaveOneOutSelectionMethod",
     "OracleSelectionMethod",
     "get_test_records",
@@ -54,6 +56,7 @@ __all__ = [
     "OracleSelection",
     "PreparedRecords",
     "SelectionMethod",
+    "TrainingDomainAutoLR",
     "TrainingDomainValidation",
     "get_selection_method",
     "heldout_env_accuracy",
@@ -128,6 +131,12 @@ class IIDAccuracySelectionMethod(TrainingDomainValidation):
     """Training-domain validation under DomainBed's class name."""
 
     name = "training-domain validation set"
+
+
+class IIDAutoLRAccuracySelectionMethod(TrainingDomainAutoLR):
+    """ERM++'s auto-LR rule (training-domain validation, full-data model) under DomainBed's class name."""
+
+    name = "auto lr training-domain validation set"
 
 
 class LeaveOneOutSelectionMethod(LeaveOneDomainOut):

@@ -149,7 +149,7 @@ def test_runs_missing_their_average_are_found_by_trait_not_by_name() -> None:
 
 
 def test_selection_methods_are_a_registry() -> None:
-    assert list(selection.SELECTION_METHODS) == ["leave_one_out", "oracle", "training_domain"]
+    assert list(selection.SELECTION_METHODS) == ["leave_one_out", "oracle", "training_domain", "training_domain_auto_lr"]
     assert selection.SELECTION_METHODS["oracle"] is model_selection.get_selection_method("oracle")
     with pytest.raises(ValueError, match="unknown selection method 'best'; valid selection methods: leave_one_out"):
         model_selection.get_selection_method("best")

@@ -106,11 +106,11 @@ def prepare_records(
     return PreparedRecords(df.reset_index(drop=True), sorted(fallback["output_dir"].tolist()))
 
 
-def _acc(df: pd.DataFrame, split: str, env: np.ndarray) -> np.ndarray:
-    """``env{env[r]}_{split}_acc`` of each row r (NaN where absent)."""
+def _acc(df: pd.DataFrame, split: str, env: np.ndarray, prefix: str = "") -> np.ndarray:
+    """``{prefix}env{env[r]}_{split}_acc`` of each row r (NaN where absent)."""
     out = np.full(len(df), np.nan)
     for i in np.unique(env):
-        col = f"env{i}_{split}_acc"
+        col = f"{prefix}env{i}_{split}_acc"
         if col in df.columns:
             rows = env == i
             out[rows] = df.loc[rows, col].to_numpy(dtype=float)
@@ -303,6 +303,30 @@ class LeaveOneDomainOut(SelectionMethod):
         merged = merged[merged["n_v"] == merged["n_envs"] - 1].reset_index(drop=True)
         env = merged["test_env"].to_numpy(dtype="int64")
         return merged.assign(test_acc=_acc(merged, "in", env))
+
+
+@register_selection_method
+class TrainingDomainAutoLR(SelectionMethod):
+    """ERM++'s auto-LR protocol (arXiv 2304.01973), DomainBed's ``collect_results --auto_lr``.
+
+    An auto-LR job trains twice in one folder: first with the usual held-out ``out``
+    splits (records with ``env{i}_out_acc``), then on the full data of the training domains
+    with the schedule found in the first pass (records with ``fd_env{i}_in_acc``). A run is
+    read as one record: each key's last value in the order the records were written. Its
+    score is the mean ``out`` accuracy of the training envs (the first pass's last
+    checkpoint) and the number reported is the full-data model's ``fd_env{t}_in_acc``.
+    Runs without full-data records give nothing.
+    """
+
+    name = "training_domain_auto_lr"
+    title = "training-domain validation, full-data model (auto-LR)"
+
+    def _scores(self, df: pd.DataFrame) -> pd.DataFrame:
+        single = df[df["n_test_envs"] == 1].sort_values("record_index", kind="mergesort")
+        # groupby.last skips missing values column by column: a key a record lacks keeps its earlier value
+        merged = single.groupby("output_dir", sort=False, as_index=False).last()
+        env = merged["test_env"].to_numpy(dtype="int64")
+        return merged.assign(val_acc=_training_domain_out_mean(merged), test_acc=_acc(merged, "in", env, prefix="fd_"))
 
 
 def get_selection_method(name: str) -> SelectionMethod:

@@ -2,7 +2,7 @@
 
     python -m domainbed.scripts.collect_results --input_dir SWEEP_DIR [--markdown | --latex]
         [--reference] [--selection training_domain leave_one_out oracle] [--include_incomplete]
-        [--metric acc|nll|ece]
+        [--metric acc|nll|ece] [--auto_lr]
 
 For each selection rule: one table per dataset (rows algorithms, columns domains + Avg),
 an averages table over datasets (plus one over the domains run when a sweep ran only
@@ -13,9 +13,11 @@ and truncated lines come first, so a partial sweep is read, never a crash. The s
 saved as ``results.txt`` (``results.md``, ``results.tex``) in the sweep folder, as DomainBed
 does. ``--metric nll`` or ``ece`` reports the test domain's negative log-likelihood or
 expected calibration error at the checkpoints the rules select (by accuracy, as always),
-saved as ``results_nll.txt`` / ``results_ece.txt``. A folder without any finished job's records is an error (exit status 2) that says
-what was looked for, and saves nothing. Call :func:`collect` to get the text in-process,
-:func:`collect_and_save` to also save it.
+saved as ``results_nll.txt`` / ``results_ece.txt``. ``--auto_lr`` (DomainBed's flag) reports
+ERM++'s auto-LR rule alone (``--selection training_domain_auto_lr``). A folder without any
+finished job's records is an error (exit status 2) that says what was looked for, and saves
+nothing. Call :func:`collect` to get the text in-process, :func:`collect_and_save` to also
+save it.
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ def method_tables(load: RecordLoad, method: SelectionMethod, reference: bool = F
     if selected.empty:
         if method.name == "leave_one_out":
             return f"No results under {method.title}: the sweep has no runs with two test envs (launch it without --single_test_envs)."
+        if method.name == "training_domain_auto_lr":
+            return (f"No results under {method.title}: no run has full-data records (fd_env*_in_acc), "
+                    "which ERM++'s auto-LR second pass writes.")
         return f"No results under {method.title}: no run has the accuracies this rule needs."
     selected = with_test_metric(selected, prepared.df, metric)
     if selected.empty:
@@ -258,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--selection", nargs="+", default=list(DEFAULT_SELECTION), choices=list(SELECTION_METHODS),
         help="model-selection rules to report (default: all)",
     )
+    parser.add_argument(
+        "--auto_lr", action="store_true",
+        help="as DomainBed's flag: report only the training_domain_auto_lr rule (ERM++'s full-data model)",
+    )
     parser.add_argument("--include_incomplete", action="store_true", help="also read jobs without a 'done' file")
     parser.add_argument(
         "--metric", choices=list(TABLE_METRICS), default="acc",
@@ -269,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     fmt = "markdown" if args.markdown else "latex" if args.latex else "text"
+    if args.auto_lr:
+        args.selection = ["training_domain_auto_lr"]
     try:
         text, saved = collect_and_save(
             args.input_dir, args.selection, fmt, reference=args.reference, include_incomplete=args.include_incomplete,
