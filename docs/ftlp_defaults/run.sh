@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pre-registered choice of FT-LP's defaults on a development set (README.md, "FT-LP").
+# Pre-registered choice of FT-LP's defaults on a development set (docs/ftlp.md, "Defaults, and how they were chosen").
 # ColoredMNISTSubset, test domain -90% (env 2) held out; the choice reads only the
 # training-domain validation accuracy (mean `out` accuracy of envs 0 and 1). None of this
 # touches the evidence sweep's benchmarks (OfflineDigits, RotatedMNISTSubset).
