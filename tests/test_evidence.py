@@ -197,12 +197,13 @@ def test_v2_compute_table_gives_each_arms_total_and_median_job():
 
 
 def test_v2_readme_summary_table_regenerates_from_committed_records(v2_copy, monkeypatch):
-    """The repository README's evidence table is what make_report writes from the committed
-    records, and each of its cells is the benchmark-mean cell of gains.md."""
+    """The evidence table of the verdicts page, docs/evidence/README.md, is what make_report
+    writes from the committed records, and each of its cells is the benchmark-mean cell of
+    gains.md."""
     monkeypatch.chdir(v2_copy)
     report = load_v2_report()
     block = report.summary_block()
-    assert block in (REPO / "README.md").read_text()
+    assert block in (EVIDENCE / "README.md").read_text()
     gains_md = (V2 / "gains.md").read_text()
     domains = report.sweep_domains()
     rows = [line for line in block.splitlines() if line.startswith("| ") and " − " in line.split(" | ")[0]]
@@ -317,7 +318,7 @@ def _plain_words(text: str, start: str, end: str) -> str:
 
 
 def test_v2_plain_words_quote_only_figures_of_the_verdict_table():
-    """The verdicts written by hand (repository README, evidence README) quote gains (mean ± SE)
+    """The verdicts written by hand (the verdicts page, evidence v2's README) quote gains (mean ± SE)
     and 95% intervals; each must be one of the committed Verdict table's cells, so prose cannot
     keep a figure that a regenerated report no longer has."""
     report = load_v2_report()
@@ -327,7 +328,7 @@ def test_v2_plain_words_quote_only_figures_of_the_verdict_table():
              for c in line.strip("|").split("|")}
     quoted = r"[+−-]\d+\.\d\s+±\s+\d+\.\d|\[[+−-]\d+\.\d,\s+[+−-]\d+\.\d\]"  # may wrap across lines
     texts = {
-        "README.md": _plain_words((REPO / "README.md").read_text(), report.SUMMARY_END, "\n## "),
+        "docs/evidence/README.md": _plain_words((EVIDENCE / "README.md").read_text(), report.SUMMARY_END, "\n## "),
         "docs/evidence/v2/README.md": _plain_words(evidence_readme, report.VERDICT_END, "\n## "),
     }
     for name, text in texts.items():

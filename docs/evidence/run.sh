@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the offline evidence of docs/evidence/README.md on a 2-core CPU machine.
+# Reproduces the offline evidence v1 (docs/evidence/v1.md) on a 2-core CPU machine.
 # Usage: bash docs/evidence/run.sh [WORK_DIR]   (default: evidence_run/)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

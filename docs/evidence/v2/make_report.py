@@ -18,7 +18,8 @@ Run from the repository root (the tables print the records path as given). Write
   interval and reading, headed "Pending" while planned trials are missing (the trials planned
   are those of sweeps/offline_evidence_v2.json plus the added ones of the
   sweeps/offline_evidence_v2_more_trials*.json files listed in ``ADDED_TRIALS``);
-* the summary table of the repository README ("Does FT-LP help?") between its markers.
+* the summary table of the verdicts page, docs/evidence/README.md ("Does FT-LP help?"), between
+  its markers.
 """
 
 from __future__ import annotations
@@ -330,9 +331,9 @@ def verdict_block(path: str = RECORDS) -> str:
 
 
 def summary_block(path: str = RECORDS) -> str:
-    """The table of the repository README's "Does FT-LP help?": each comparison's
+    """The table of the verdicts page's (docs/evidence/README.md) v2 section: each comparison's
     benchmark-mean paired gain (mean ± SE, n) under both selection rules, from the records,
-    so the README's numbers cannot drift from them."""
+    so the page's numbers cannot drift from them."""
     load = load_records(path)
     gains = all_gains(load.df)
     domains = sweep_domains()
@@ -394,8 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hparam_records", default=HPARAM_RECORDS, help="sweep folder of the hparam search")
     parser.add_argument("--out", type=Path, default=HERE, help="where tables.md, gains.md and the PNGs go")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md", help="README whose Verdict block is updated")
-    parser.add_argument("--main_readme", type=Path, default=REPO / "README.md",
-                        help="README whose evidence summary table is updated")
+    parser.add_argument("--main_readme", type=Path, default=HERE.parent / "README.md",
+                        help="the verdicts page (docs/evidence/README.md), whose evidence summary table is updated")
     args = parser.parse_args(argv)
     if not Path(args.records).is_dir():
         raise SystemExit(f"make_report: records folder {args.records} not found; run from the repository root")
