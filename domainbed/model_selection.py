@@ -1,25 +1,22 @@
 """Model selection: which hparam seed and checkpoint stand for an algorithm.
 
 The rules (training-domain validation, leave-one-domain-out, test-domain oracle) live in
-:mod:`domainbed.lib.selection` and are re-exported here under DomainBed's module name.
-This module adds what ``lib`` may not know, read from the algorithms' own traits through
-the algorithm registry: which algorithms report an averaged model (``AVERAGED_MODEL``:
-SWAD and every variant built on it), so :func:`prepare_records` can list the runs of such
-algorithms that never wrote their averaged record; and which pairs of algorithms the
-reports compare (:func:`paired_comparisons`). DomainBed's class names
+:mod:`domainbed.results.selection` and are re-exported here under DomainBed's module name.
+This module adds what ``lib`` may not know, read from what the algorithms declared when
+they were registered: which algorithms report an averaged model (SWAD and every variant
+built on it), so callers can pass :func:`reports_averaged_model` to :func:`prepare_records`, which lists the runs of such algorithms that never
+wrote their averaged record; and which pairs of algorithms the reports compare
+(:func:`paired_comparisons`). DomainBed's class names
 (``IIDAccuracySelectionMethod``, ``LeaveOneOutSelectionMethod``, ``OracleSelectionMethod``)
 are the same rules, for scripts written against DomainBed.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Iterable
 
-import pandas as pd
-
-from domainbed.lib.query import Q
-from domainbed.lib.selection import (
+from domainbed.results.query import Q
+from domainbed.results.selection import (
     AVERAGED_CKPT,
     DEFAULT_SELECTION,
     GROUP_KEYS,
@@ -35,10 +32,10 @@ from domainbed.lib.selection import (
     get_selection_method,
     heldout_env_accuracy,
     n_envs_of,
+    prepare_records,
     register_selection_method,
     training_domain_accuracy,
 )
-from domainbed.lib.selection import prepare_records as _prepare_records
 
 __all__ = [
     "AVERAGED_CKPT",
@@ -69,56 +66,20 @@ __all__ = [
 ]
 
 
-@functools.cache
-def _registered(algorithm: str) -> type | None:
-    """The registered class ``algorithm``; None for names no longer registered (records of
-    an older or foreign sweep), which therefore have no traits."""
-    from domainbed.algorithms import get_algorithm_class  # torch and every algorithm: only when asked
-
-    try:
-        return get_algorithm_class(algorithm)
-    except ValueError:
-        return None
-
-
-def _trait(algorithm: str, name: str, default: object = None) -> object:
-    return getattr(_registered(algorithm), name, default)
-
-
 def reports_averaged_model(algorithm: str) -> bool:
-    """True when ``algorithm`` declares ``AVERAGED_MODEL`` (its reported model is an average).
+    """True when ``algorithm`` was registered as reporting an averaged model (or derives
+    from one that was); names no longer registered count as False."""
+    from domainbed.algorithms import reports_averaged_model as averaged  # torch and every algorithm: only when asked
 
-    Names no longer registered count as False.
-    """
-    return bool(_trait(algorithm, "AVERAGED_MODEL", False))
-
-
-def ftlp_variant_pairs(algorithms: Iterable[str]) -> list[tuple[str, str]]:
-    """(variant, base) for each FT-LP variant in ``algorithms`` whose base is there too
-    (the ``FTLP_BASE`` trait), sorted by variant."""
-    present = set(algorithms)
-    pairs = sorted((a, str(_trait(a, "FTLP_BASE"))) for a in present if _trait(a, "FTLP_BASE"))
-    return [(t, b) for t, b in pairs if b in present]
+    return averaged(algorithm)
 
 
 def paired_comparisons(algorithms: Iterable[str]) -> list[tuple[str, str]]:
-    """The (treatment, baseline) pairs the paired-gain tables report, among ``algorithms``.
+    """The (treatment, baseline) pairs the paired-gain tables report, among ``algorithms``:
+    what the algorithms' registrations declare (:func:`domainbed.algorithms.comparisons`)."""
+    from domainbed.algorithms import comparisons
 
-    From the traits: each FT-LP variant against its base (``FTLP_BASE``), sorted by variant;
-    then each algorithm against its control arms (``CONTROL_OF``) and the published methods
-    it is measured against (``BASELINE_OF``, e.g. ERM_FTLP against MIRO), sorted. A pair is
-    kept only when both algorithms are in ``algorithms``.
-    """
-    present = set(algorithms)
-    others = sorted(
-        (str(_trait(a, trait)), a) for a in present for trait in ("CONTROL_OF", "BASELINE_OF") if _trait(a, trait)
-    )
-    return ftlp_variant_pairs(present) + [(t, b) for t, b in others if t in present and b in present]
-
-
-def prepare_records(records: pd.DataFrame | PreparedRecords) -> PreparedRecords:
-    """:func:`domainbed.lib.selection.prepare_records` with the algorithms' ``AVERAGED_MODEL`` trait."""
-    return _prepare_records(records, reports_averaged_model)
+    return comparisons(algorithms)
 
 
 # ---------------------------------------------------------------------- DomainBed's names

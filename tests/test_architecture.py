@@ -17,8 +17,15 @@ import yaml
 
 import domainbed
 from domainbed import model_selection
-from domainbed.algorithms import algorithm_names, get_algorithm_class
-from domainbed.lib import selection
+from domainbed.algorithms import (
+    algorithm_names,
+    comparisons,
+    get_algorithm_class,
+    register_algorithm,
+    reports_averaged_model,
+)
+from domainbed.algorithms import registry as algorithms_registry
+from domainbed.results import selection
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "domainbed"
@@ -101,31 +108,70 @@ def test_a_cycle_is_detected() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+# DomainBed's import names, kept as re-exports of the results package for users' scripts
+# (tests/test_results_room.py checks that they define nothing of their own).
+DOMAINBED_FACADES = {"domainbed.lib.query", "domainbed.lib.reporting"}
+
+
 def test_lib_imports_nothing_above_it() -> None:
     upward = {
         (name, dep)
         for name, deps in import_graph().items()
-        if name.startswith("domainbed.lib.")
+        if name.startswith("domainbed.lib.") and name not in DOMAINBED_FACADES
         for dep in deps
         if not dep.startswith("domainbed.lib")
     }
     assert upward == set(), "lib/ must not import the layers above it: pass what it needs in"
 
 
-def test_averaged_model_is_a_declared_trait_read_through_the_registry() -> None:
-    declared = {name for name in algorithm_names() if get_algorithm_class(name).AVERAGED_MODEL}
-    assert {"SWAD", "SWAD_FTLP"} <= declared and "ERM" not in declared
-    assert all(model_selection.reports_averaged_model(name) for name in declared)
+def test_algorithm_base_class_carries_no_reporting_traits() -> None:
+    from domainbed.algorithms import Algorithm
+
+    assert not {"FTLP_BASE", "CONTROL_OF", "BASELINE_OF", "AVERAGED_MODEL"} & set(dir(Algorithm))
+
+
+def test_averaged_model_is_declared_at_registration_and_inherited() -> None:
+    averaged = {name for name in algorithm_names() if algorithms_registry.reports_averaged_model(name)}
+    assert averaged == {"SWAD", "SWAD_FTLP"}  # SWAD_FTLP derives from SWAD
+    assert algorithms_registry.declaration("SWAD").averaged_model
+    assert not algorithms_registry.declaration("SWAD_FTLP").averaged_model  # inherited, not redeclared
+    assert all(model_selection.reports_averaged_model(name) for name in averaged)
+    assert not model_selection.reports_averaged_model("ERM")
     assert not model_selection.reports_averaged_model("SWAD_not_registered")  # names are not guessed
 
 
-def test_compared_pairs_come_from_traits_not_names() -> None:
+def test_compared_pairs_come_from_declarations_not_names() -> None:
     pairs = model_selection.paired_comparisons(["ERM", "ERM_FTLP", "MIRO", "CORAL_FTLP", "SWADish_FTLP", "SWADish"])
     # CORAL did not run; SWADish_FTLP is not registered, so its name suggests nothing.
     assert pairs == [("ERM_FTLP", "ERM"), ("ERM_FTLP", "MIRO")]
-    assert get_algorithm_class("ERM_FTLP").FTLP_BASE == "ERM" and get_algorithm_class("MIRO").BASELINE_OF == "ERM_FTLP"
-    control = get_algorithm_class("ERM_FTLP_ShuffledPrior").CONTROL_OF
+    assert algorithms_registry.declaration("ERM_FTLP").variant_of == "ERM"
+    assert algorithms_registry.declaration("MIRO").baseline_of == "ERM_FTLP"
+    control = algorithms_registry.declaration("ERM_FTLP_ShuffledPrior").control_of
     assert model_selection.paired_comparisons([control, "ERM_FTLP_ShuffledPrior"]) == [(control, "ERM_FTLP_ShuffledPrior")]
+    # Every registered algorithm: variants (sorted) first, then controls and published baselines.
+    pairs = comparisons(algorithm_names())
+    assert pairs == model_selection.paired_comparisons(algorithm_names())
+    variants = [(f"{name[:-5]}", name) for name in algorithm_names() if name.endswith("_FTLP")]
+    assert pairs[:-2] == sorted((v, b) for b, v in variants)
+    assert pairs[-2:] == [("ERM_FTLP", "ERM_FTLP_ShuffledPrior"), ("ERM_FTLP", "MIRO")]
+
+
+def test_a_registration_declares_its_facts() -> None:
+    from domainbed.algorithms.erm import ERM
+
+    made = [type(name, (ERM,), {"__module__": __name__}) for name in ("ToyBase", "ToyVariant", "ToyControl", "ToyAvg")]
+    try:
+        register_algorithm(made[0])
+        register_algorithm(made[1], variant_of="ToyBase")
+        register_algorithm(control_of="ToyVariant")(made[2])
+        register_algorithm(averaged_model=True)(made[3])
+        names = ["ToyControl", "ToyVariant", "ToyBase", "ToyAvg", "ERM"]
+        assert comparisons(names) == [("ToyVariant", "ToyBase"), ("ToyVariant", "ToyControl")]
+        assert [reports_averaged_model(n) for n in names] == [False, False, False, True, False]
+    finally:
+        for klass in made:
+            algorithms_registry.ALGORITHMS._items.pop(klass.__name__, None)
+    assert comparisons(names) == [] and not reports_averaged_model("ToyAvg")  # facts leave with the name
 
 
 def _records(algorithms: list[str]) -> pd.DataFrame:
@@ -142,8 +188,9 @@ def _records(algorithms: list[str]) -> pd.DataFrame:
 
 def test_runs_missing_their_average_are_found_by_trait_not_by_name() -> None:
     df = _records(["SWAD", "SWAD_FTLP", "ERM", "SWADish"])
-    assert model_selection.prepare_records(df).swad_fallback_dirs == ["run_SWAD", "run_SWAD_FTLP"]
-    # lib knows no algorithm: the caller says which ones average.
+    assert model_selection.prepare_records(df, model_selection.reports_averaged_model).swad_fallback_dirs == [
+        "run_SWAD", "run_SWAD_FTLP"]
+    # the results package knows no algorithm: the caller says which ones average.
     assert selection.prepare_records(df).swad_fallback_dirs == []
     assert selection.prepare_records(df, lambda a: a == "SWADish").swad_fallback_dirs == ["run_SWADish"]
 

@@ -1,4 +1,4 @@
-"""Recomputing BatchNorm statistics of an averaged model (domainbed/lib/batchnorm.py):
+"""Recomputing BatchNorm statistics of an averaged model (domainbed/algorithms/swad/batchnorm.py):
 checked against batch statistics computed by hand and against torch's own update_bn."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from domainbed.lib.batchnorm import recompute_bn
+from domainbed.algorithms.swad.batchnorm import recompute_bn
 
 
 def test_recompute_bn_gives_equal_weight_batch_statistics_with_dropout_off() -> None:

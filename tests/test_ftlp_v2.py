@@ -16,6 +16,7 @@ from domainbed import hparams_registry
 from domainbed.algorithms import algorithm_names, get_algorithm_class
 from domainbed.algorithms.ftlp_config import FTLPConfig
 from domainbed.algorithms.ftlp_prior import PriorKL
+from domainbed.algorithms.registry import declaration
 from domainbed.datasets import build_dataset
 
 
@@ -172,7 +173,7 @@ def test_shuffled_prior_control_removes_per_image_information(debug28):
     h = hparams_registry.default_hparams("ERM_FTLP_ShuffledPrior", "Debug28")
     assert "ftlp_control" not in h
     arm = get_algorithm_class("ERM_FTLP_ShuffledPrior")(debug28.input_shape, debug28.num_classes, 2, h)
-    assert arm.ftlp_cfg.control == "shuffled" and arm.CONTROL_OF == "ERM_FTLP"
+    assert arm.ftlp_cfg.control == "shuffled" and declaration("ERM_FTLP_ShuffledPrior").control_of == "ERM_FTLP"
 
 
 def test_dead_channel_diagnostic_fires_only_where_the_prior_is_dead():
@@ -192,9 +193,10 @@ def test_every_base_that_exposes_features_gets_its_ftlp_variant():
     names = algorithm_names()
     for name in names:
         cls = get_algorithm_class(name)
-        if cls.FTLP_BASE is not None:
-            base = get_algorithm_class(cls.FTLP_BASE)
-            assert issubclass(cls, base) and name == f"{cls.FTLP_BASE}_FTLP" and base.EXPOSES_FEATURES
+        base_name = declaration(name).variant_of
+        if base_name is not None:
+            base = get_algorithm_class(base_name)
+            assert issubclass(cls, base) and name == f"{base_name}_FTLP" and base.EXPOSES_FEATURES
         elif cls.EXPOSES_FEATURES and name not in ("MIRO", "ERM_FTLP_ShuffledPrior"):
             assert f"{name}_FTLP" in names, name
     assert {"ERM_FTLP", "CORAL_FTLP", "SWAD_FTLP"} <= set(names)
@@ -209,7 +211,7 @@ def test_a_new_base_gets_its_variant_from_the_rule():
     try:
         assert ftlp.register_ftlp_variants() == ["NewBaseForTest_FTLP"]
         variant = get_algorithm_class("NewBaseForTest_FTLP")
-        assert variant.__mro__[1:3] == (ftlp.FTLP, new) and variant.FTLP_BASE == "NewBaseForTest"
+        assert variant.__mro__[1:3] == (ftlp.FTLP, new) and declaration("NewBaseForTest_FTLP").variant_of == "NewBaseForTest"
         assert ftlp.register_ftlp_variants() == []  # idempotent
     finally:
         for key in ("NewBaseForTest", "NewBaseForTest_FTLP"):

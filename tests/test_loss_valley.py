@@ -1,4 +1,4 @@
-"""SWAD's loss-valley rules (domainbed/lib/loss_valley.py, arXiv 2102.08604) on loss
+"""SWAD's loss-valley rules (domainbed/algorithms/swad/loss_valley.py, arXiv 2102.08604) on loss
 sequences worked by hand.
 
 Every expectation below was derived on paper from the rules as the module states them, not
@@ -22,8 +22,8 @@ import io
 import pytest
 import torch
 
-from domainbed.lib.loss_valley import LossValley
-from domainbed.lib.weight_averaging import SegmentAverager
+from domainbed.algorithms.swad.loss_valley import LossValley
+from domainbed.algorithms.swad.weight_averaging import SegmentAverager
 
 STEPS = [1] + [100] * 30  # steps per segment
 

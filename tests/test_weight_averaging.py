@@ -1,4 +1,4 @@
-"""Weight averaging for SWAD (domainbed/lib/weight_averaging.py): means checked against
+"""Weight averaging for SWAD (domainbed/algorithms/swad/weight_averaging.py): means checked against
 means of cloned snapshots, the accepted segments against the hand-worked loss sequence of
 test_loss_valley.py, and the checkpoint format against a state written by hand."""
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from domainbed.lib.weight_averaging import SegmentAverager, WeightAverager
+from domainbed.algorithms.swad.weight_averaging import SegmentAverager, WeightAverager
 
 # Hand-worked in test_loss_valley.py (n_converge=3, n_tolerance=6, tolerance_ratio=0.3):
 # the valley starts at call 4 and ends at call 13; official adds segments 2, 3 at the start

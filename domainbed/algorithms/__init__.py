@@ -7,7 +7,13 @@ that declares ``EXPOSES_FEATURES = True`` gets its ``<Name>_FTLP`` variant
 """
 
 from domainbed.algorithms.base import Algorithm
-from domainbed.algorithms.registry import algorithm_names, get_algorithm_class, register_algorithm
+from domainbed.algorithms.registry import (
+    algorithm_names,
+    comparisons,
+    get_algorithm_class,
+    register_algorithm,
+    reports_averaged_model,
+)
 from domainbed.lib.discovery import import_submodules
 
 import_submodules(__name__, __path__, skip=("base", "registry"))
@@ -16,7 +22,8 @@ from domainbed.algorithms.ftlp import register_ftlp_variants  # noqa: E402
 
 register_ftlp_variants()
 
-__all__ = ["ALGORITHMS", "Algorithm", "algorithm_names", "get_algorithm_class", "register_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "algorithm_names", "comparisons", "get_algorithm_class", "register_algorithm",
+           "reports_averaged_model"]
 
 
 def __getattr__(name: str) -> list[str]:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainbed.lib.errors import UserError
-from domainbed.lib.hparam import HParam, PerFamily
+from domainbed.lib.hparam import HParam, PerDataset, PerFamily
 from domainbed.lib.optim import OPTIMIZERS, LRSchedule, build_optimizer, check_supported
 from domainbed.networks import Features, build_classifier, build_featurizer
 
@@ -36,19 +36,13 @@ def _flag(value: Any, auto: bool) -> bool:
 class Algorithm(nn.Module):
     """Featurizer + classifier trained on a list of per-domain minibatches."""
 
-    HPARAMS: ClassVar[dict[str, HParam | PerFamily]] = {}
-    # Traits that other code reads instead of guessing from class names.
+    HPARAMS: ClassVar[dict[str, HParam | PerFamily | PerDataset]] = {}
+    # Traits that other code reads instead of guessing from class names. What the reports
+    # read (variants, control arms, averaged models) is declared at registration instead
+    # (domainbed.algorithms.registry).
     # compute_loss returns extras["x"] and extras["features"]: FT-LP composes with it and
     # the package registers a <Name>_FTLP variant automatically.
     EXPOSES_FEATURES: ClassVar[bool] = False
-    # Set on FT-LP variants: the name of the base algorithm they add the prior to.
-    FTLP_BASE: ClassVar[str | None] = None
-    # Set on control arms (e.g. a shuffled prior): the algorithm they are a control of.
-    CONTROL_OF: ClassVar[str | None] = None
-    # Set on a published method that one of ours is measured against: that algorithm (MIRO: ERM_FTLP).
-    BASELINE_OF: ClassVar[str | None] = None
-    # True when the reported model is an average of the trained weights (SWAD): model selection reads it.
-    AVERAGED_MODEL: ClassVar[bool] = False
     # Optimizers (hparam optimizer / lars) this algorithm can train with; others are refused at set-up.
     SUPPORTED_OPTIMIZERS: ClassVar[tuple[str, ...]] = OPTIMIZERS
     # True when the first linear_steps steps train only the classifier (DomainBed's ERMPlusPlus).
@@ -75,9 +69,9 @@ class Algorithm(nn.Module):
 
     # ------------------------------------------------------------------ hparams
     @classmethod
-    def hparam_specs(cls) -> dict[str, HParam | PerFamily]:
+    def hparam_specs(cls) -> dict[str, HParam | PerFamily | PerDataset]:
         """HPARAMS of this class and all its bases, the most derived winning."""
-        specs: dict[str, HParam] = {}
+        specs: dict[str, HParam | PerFamily | PerDataset] = {}
         for klass in reversed(cls.__mro__):
             specs.update(vars(klass).get("HPARAMS", {}))
             # A configuration may hide hparams it fixes (MIRO fixes most ftlp_ ones).

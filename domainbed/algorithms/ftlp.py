@@ -206,12 +206,11 @@ class FTLP:
         return self.prior_kl(posterior, prior)
 
 
-@register_algorithm
+@register_algorithm(control_of="ERM_FTLP")
 class ERM_FTLP_ShuffledPrior(FTLP, ERM):
     """Control arm of the evidence: ERM_FTLP whose KL sees the prior's features of a shuffled
     batch (hparam ``ftlp_control = shuffled`` fixed), so it reports under its own name."""
 
-    CONTROL_OF = "ERM_FTLP"
     HPARAMS_FIXED = ("ftlp_control",)
 
     def ftlp_config(self) -> FTLPConfig:
@@ -221,8 +220,7 @@ class ERM_FTLP_ShuffledPrior(FTLP, ERM):
 def make_ftlp_variant(base: type) -> type:
     """``class <Base>_FTLP(FTLP, Base)``: the FT-LP prior added to ``base``."""
     name = f"{base.__name__}_FTLP"
-    attrs = {"__doc__": f"{base.__name__} with the FT-LP prior.", "__module__": __name__, "__qualname__": name,
-             "FTLP_BASE": base.__name__}
+    attrs = {"__doc__": f"{base.__name__} with the FT-LP prior.", "__module__": __name__, "__qualname__": name}
     return type(name, (FTLP, base), attrs)
 
 
@@ -235,7 +233,7 @@ def register_ftlp_variants() -> list[str]:
         base = get_algorithm_class(name)
         if issubclass(base, FTLP) or not getattr(base, "EXPOSES_FEATURES", False) or f"{name}_FTLP" in algorithm_names():
             continue
-        variant = register_algorithm(make_ftlp_variant(base))
+        variant = register_algorithm(make_ftlp_variant(base), variant_of=name)
         globals()[variant.__name__] = variant
         added.append(variant.__name__)
     return added

@@ -29,7 +29,8 @@ from domainbed.lib.hparam import HParam, log_uniform
 MIRO_VAR_INITS = {"published": "value", "prior": "prior"}  # hparam value -> FTLPConfig.learned_var_init
 
 
-@register_algorithm
+# The reports pair ERM_FTLP's runs with MIRO's: the gain of FT-LP over the closest published method.
+@register_algorithm(baseline_of="ERM_FTLP")
 class MIRO(FTLP, ERM):
     """Mutual-information regularisation with the oracle, via FT-LP's prior module."""
 
@@ -41,8 +42,6 @@ class MIRO(FTLP, ERM):
     }
 
     HPARAMS_FIXED = tuple(name for name in FTLP_HPARAMS if name != "ftlp_lambda")
-    # The reports pair ERM_FTLP's runs with MIRO's: the gain of FT-LP over the closest published method.
-    BASELINE_OF = "ERM_FTLP"
 
     def ftlp_config(self) -> FTLPConfig:
         init = self.hparams.get("miro_var_init", "published")  # absent from runs saved before it existed

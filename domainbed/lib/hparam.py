@@ -9,7 +9,7 @@ distributions make, so a draw from the same seed gives the same value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -43,6 +43,13 @@ class HParam:
 
     def draw(self, rng: np.random.RandomState) -> Any:
         return self.default if self.sample is None else self.sample(rng)
+
+    def on_datasets(self, **defaults: Any) -> "PerDataset":
+        """This hparam with another default on some datasets, keyed as :class:`PerDataset`
+        reads them (a class name or a family): ``HParam(0.3, ...).on_datasets(VLCS=0.2)``.
+        The distribution, help and choices stay the same everywhere, so a method declares its
+        published per-dataset values in its own file."""
+        return PerDataset(self, {name: replace(self, default=value) for name, value in defaults.items()})
 
 
 @dataclass(frozen=True)

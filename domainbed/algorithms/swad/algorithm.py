@@ -4,7 +4,7 @@ Weights are summed at every step inside segments between evaluations. The valley
 when the oldest of the last ``swad_n_converge`` segments has the lowest training-domain
 validation loss; it ends (and training stops) once the last ``swad_n_tolerance`` segments
 all exceed ``mean(window) × (1 + swad_tolerance_ratio)``. Which segments are averaged,
-and with what weights, follows ``swad_rule`` (``lib/loss_valley.py``): by default what the
+and with what weights, follows ``swad_rule`` (``loss_valley.py``): by default what the
 authors' released code computes. The averaged model is what ``eval_network()`` returns
 once averaging has begun, and what is saved and reported; as in that code, its BatchNorm
 statistics are recomputed on 500 training batches unless BatchNorm is frozen.
@@ -20,29 +20,29 @@ from torch import nn
 from domainbed.algorithms.base import Predictor
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
-from domainbed.lib.batchnorm import recompute_bn
+from domainbed.algorithms.swad.batchnorm import recompute_bn
+from domainbed.algorithms.swad.loss_valley import RULES
+from domainbed.algorithms.swad.weight_averaging import SegmentAverager
 from domainbed.lib.hparam import HParam
-from domainbed.lib.loss_valley import RULES
-from domainbed.lib.weight_averaging import SegmentAverager
 
 
 def has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-@register_algorithm
+@register_algorithm(averaged_model=True)
 class SWAD(ERM):
     """ERM whose reported model is the SWAD average of its weights."""
-
-    AVERAGED_MODEL = True
 
     HPARAMS = {
         "swad_n_converge": HParam(3, help="segments in the window that detects the valley's start"),
         "swad_n_tolerance": HParam(6, help="segments above the threshold that end the valley"),
-        "swad_tolerance_ratio": HParam(0.3, help="threshold = mean window loss × (1 + ratio); 0.2 for VLCS"),
+        # SWAD's published tolerance for VLCS; 0.3 elsewhere.
+        "swad_tolerance_ratio": HParam(0.3, help="threshold = mean window loss × (1 + ratio); 0.2 for VLCS"
+                                       ).on_datasets(VLCS=0.2),
         "swad_bn_batches": HParam(500, help="batches used to recompute BatchNorm statistics when BN is not frozen (SWAD's code: 500)"),
         "swad_rule": HParam("official", help="official: the segments and equal per-segment weights of SWAD's released code; "
-                            "paper: from the lowest-loss segment to the valley's end, each step once (lib/loss_valley.py)",
+                            "paper: from the lowest-loss segment to the valley's end, each step once (algorithms/swad/loss_valley.py)",
                             choices=RULES),
     }
 

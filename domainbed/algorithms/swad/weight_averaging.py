@@ -2,7 +2,7 @@
 
 :class:`WeightAverager` keeps running *sums* of a state dict; :class:`SegmentAverager`
 keeps one per segment (the steps between two evaluations) and adds to the final average
-exactly the segments :class:`domainbed.lib.loss_valley.LossValley` accepts: each as one
+exactly the segments :class:`domainbed.algorithms.swad.loss_valley.LossValley` accepts: each as one
 equal share (its mean) under ``swad_rule = official``, count-weighted (each step the
 same) under ``paper``.
 
@@ -23,7 +23,7 @@ How this differs from ``torch.optim.swa_utils``:
   take the latest value, and no module copy is held; the caller loads the result into a
   network of its own.
 - ``SWALR`` has no counterpart: SWAD keeps the training's own learning rate.
-- ``update_bn``: see :func:`domainbed.lib.batchnorm.recompute_bn`.
+- ``update_bn``: see :func:`domainbed.algorithms.swad.batchnorm.recompute_bn`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from domainbed.lib.loss_valley import LossValley, ValleyEvent
+from domainbed.algorithms.swad.loss_valley import LossValley, ValleyEvent
 
 __all__ = ["SegmentAverager", "WeightAverager"]
 

@@ -6,7 +6,7 @@ Training is cut into *segments* between two evaluations (segment 0 is the first 
 alone, since DomainBed evaluates at step 0); :class:`LossValley` decides, from the
 validation loss at the end of each segment, which segments belong to the average. It works
 on plain floats and knows nothing about weights:
-:class:`domainbed.lib.weight_averaging.SegmentAverager` applies its decisions.
+:class:`domainbed.algorithms.swad.weight_averaging.SegmentAverager` applies its decisions.
 
 Two rules (hparam ``swad_rule``) share the start and the stop and differ in what is
 averaged. Losses are assumed positive.
