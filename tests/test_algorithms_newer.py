@@ -21,8 +21,8 @@ from domainbed.algorithms.rdm import RDM_GAMMAS, rdm_matching_penalty, rdm_varia
 from domainbed.algorithms.transfer import project_to_ball, risk_gap
 from domainbed.algorithms.urm import uniform_noise_like, urm_discriminator_loss, urm_generator_loss
 from domainbed.datasets import build_dataset
-from domainbed.lib.checkpoint import read_jsonl
 from domainbed.scripts import train
+from domainbed.training.atomic_files import read_jsonl
 
 NEWER = ["ERMPlusPlus", "URM", "RDM", "Transfer", "ADRMX"]
 

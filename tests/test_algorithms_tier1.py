@@ -24,9 +24,10 @@ from domainbed.algorithms.rsc import rsc_feature_mask, rsc_sample_mask
 from domainbed.algorithms.sagnet import randomize_content, randomize_style
 from domainbed.algorithms.vrex import vrex_penalty
 from domainbed.datasets import build_dataset
-from domainbed.lib.checkpoint import atomic_torch_save, safe_load
 from domainbed.lib.errors import UserError
 from domainbed.lib.penalties import coral_penalty
+from domainbed.training.atomic_files import save_verified
+from domainbed.training.integrity import load_verified
 
 
 # ---------------------------------------------------------------- penalties and rules
@@ -375,15 +376,15 @@ def test_resumed_copy_continues_like_the_uninterrupted_run(debug28, tmp_path, na
     run = make(name, debug28, **overrides)
     for s in range(2):
         run.update(batches(debug28, s, n=4))
-    atomic_torch_save({"algorithm": run.state_dict(), "optimizer": run.optimizer.state_dict(),
-                       "scaler": run.scaler.state_dict(), "rng": torch.get_rng_state()}, tmp_path / "ckpt.pt")
+    save_verified({"algorithm": run.state_dict(), "optimizer": run.optimizer.state_dict(),
+                   "scaler": run.scaler.state_dict(), "rng": torch.get_rng_state()}, tmp_path / "ckpt.pt")
     for s in range(2, 5):
         run.update(batches(debug28, s, n=4))
 
     def resumed(drop_counter=False):
         torch.manual_seed(123)  # another initialisation: everything must come from the checkpoint
         alg = make(name, debug28, **overrides)
-        state = safe_load(tmp_path / "ckpt.pt")
+        state = load_verified(tmp_path / "ckpt.pt")
         model = {k: v for k, v in state["algorithm"].items() if not (drop_counter and "update_count" in k)}
         alg.load_state_dict(model, strict=not drop_counter)
         alg.optimizer.load_state_dict(state["optimizer"])

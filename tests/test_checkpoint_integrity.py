@@ -13,20 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from domainbed.lib.checkpoint import (
-    FAULT_ENV,
-    InjectedFault,
-    StorageError,
-    damage_file,
-    fault_point,
-    reset_faults,
-    safe_load,
-    save_verified,
+from domainbed.training.atomic_files import StorageError, save_verified
+from domainbed.training.faults import FAULT_ENV, InjectedFault, damage_file, fault_point, reset_faults
+from domainbed.training.integrity import (
+    DamagedFile,
+    UnsafeFile,
+    content_digest,
+    load_newest_intact,
+    load_verified,
+    verify_archive,
 )
-from domainbed.lib.integrity import DamagedFile, UnsafeFile, content_digest, load_newest_intact, verify_archive
-from domainbed.lib.preemption import Preempted, PreemptionGuard
-from domainbed.lib.run_lock import LOCK_FILE, FolderBusy, folder_lock
-from domainbed.lib.tb_trim import trim_event_files
+from domainbed.training.preemption import Preempted, PreemptionGuard
+from domainbed.training.run_lock import LOCK_FILE, FolderBusy, folder_lock
+from domainbed.training.tensorboard_log import trim_event_files
 
 
 def small_state(seed: int = 0, n: int = 300) -> dict:
@@ -95,7 +94,7 @@ def test_a_flipped_byte_is_detected_or_changes_nothing(tmp_path):
     for i in tried:
         bad.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
         try:
-            loaded = safe_load(bad)
+            loaded = load_verified(bad)
         except DamagedFile:
             detected += 1
             continue
@@ -130,7 +129,7 @@ def test_a_member_flagged_as_directory_is_damaged(tmp_path):
     data[_central_entry(bytes(data), "data/0") + 38] ^= 0xFF  # low byte of the external attributes
     path.write_bytes(bytes(data))
     with pytest.raises(DamagedFile, match="data/0 is marked as a directory"):
-        safe_load(path)
+        load_verified(path)
 
 
 def test_a_consistent_archive_with_other_content_fails_the_digest(tmp_path):
@@ -149,7 +148,7 @@ def test_a_consistent_archive_with_other_content_fails_the_digest(tmp_path):
     verify_archive(forged)
     assert not torch.equal(torch.load(forged, weights_only=True)["w"], small_state()["w"])
     with pytest.raises(DamagedFile, match="does not match the sha256 saved in it"):
-        safe_load(forged)
+        load_verified(forged)
 
 
 def test_content_digest_sees_values_types_and_structure():
@@ -173,7 +172,7 @@ def test_damaged_and_unsafe_files_get_different_messages(tmp_path):
     torch.save(small_state(), damaged)
     damage_file(damaged, "truncate")
     with pytest.raises(DamagedFile) as exc:
-        safe_load(damaged)
+        load_verified(damaged)
     text = str(exc.value)
     assert "is damaged" in text and "truncated" in text and "pickle" not in text
 
@@ -184,19 +183,19 @@ def test_damaged_and_unsafe_files_get_different_messages(tmp_path):
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"x": Payload()}, unsafe)
     with pytest.raises(UnsafeFile) as exc:
-        safe_load(unsafe)
+        load_verified(unsafe)
     assert "unrestricted pickle" in str(exc.value) and "is damaged" not in str(exc.value)
     legacy = tmp_path / "legacy.pt"  # PyTorch's pre-zip format has no CRCs: still refused if it needs pickle
     torch.save({"x": Payload()}, legacy, _use_new_zipfile_serialization=False)
     with pytest.raises(UnsafeFile):
-        safe_load(legacy)
+        load_verified(legacy)
     assert not (tmp_path / "pwned").exists()
     torch.save(small_state(), legacy, _use_new_zipfile_serialization=False)
-    assert same_state(safe_load(legacy), small_state())
+    assert same_state(load_verified(legacy), small_state())
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     with pytest.raises(DamagedFile, match="0 bytes"):
-        safe_load(empty)
+        load_verified(empty)
 
 
 # ----------------------------------------------------------------------------- verified saves
@@ -207,7 +206,7 @@ def test_save_verified_writes_again_after_a_damaged_write(tmp_path, monkeypatch,
     monkeypatch.setenv(FAULT_ENV, "written/checkpoint.pt:1:flip")
     save_verified(small_state(1), path)
     assert "was damaged on the storage right after it was written" in capsys.readouterr().err
-    assert same_state(safe_load(path), small_state(1))
+    assert same_state(load_verified(path), small_state(1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
@@ -216,12 +215,12 @@ def test_save_verified_keeps_the_previous_file_until_the_new_one_is_verified(tmp
     save_verified(small_state(1), path, previous)
     assert not previous.exists()
     save_verified(small_state(2), path, previous)
-    assert same_state(safe_load(path), small_state(2)) and same_state(safe_load(previous), small_state(1))
+    assert same_state(load_verified(path), small_state(2)) and same_state(load_verified(previous), small_state(1))
     # Both tries of the next save come back damaged: nothing is replaced or rotated.
     monkeypatch.setenv(FAULT_ENV, "written/checkpoint.pt:1:truncate,written/checkpoint.pt:2:flip")
     with pytest.raises(StorageError, match="could not be written intact.*the previous file is kept"):
         save_verified(small_state(3), path, previous)
-    assert same_state(safe_load(path), small_state(2)) and same_state(safe_load(previous), small_state(1))
+    assert same_state(load_verified(path), small_state(2)) and same_state(load_verified(previous), small_state(1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
 
 

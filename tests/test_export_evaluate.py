@@ -20,9 +20,11 @@ import torch
 
 from domainbed.inference.export import SelectedCheckpoint, WeightsNotKept, select_checkpoint, weights_file
 from domainbed.inference.model_file import ModelFileError, load_model
-from domainbed.lib.checkpoint import FAULT_ENV, InjectedFault, damage_file, read_jsonl, reset_faults, safe_load
 from domainbed.scripts import collect_results, evaluate, export_model, predict, train
+from domainbed.training.atomic_files import read_jsonl
 from domainbed.training.best_model import BEST_MODEL, BestModelKeeper, best_record
+from domainbed.training.faults import FAULT_ENV, InjectedFault, damage_file, reset_faults
+from domainbed.training.integrity import load_verified
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +59,7 @@ def test_model_best_holds_the_step_training_domain_validation_selects(sweep: Pat
     step, score = best_record(records, [0])
     sel = select_checkpoint(sweep, "Debug28", "ERM", 0, "training_domain")
     assert (sel.step, sel.val_acc) == (step, pytest.approx(score))
-    assert safe_load(job / BEST_MODEL)["best"] == {"step": step, "val_acc": pytest.approx(score), "averaged": False}
+    assert load_verified(job / BEST_MODEL)["best"] == {"step": step, "val_acc": pytest.approx(score), "averaged": False}
     # Calibration keys are new keys beside every existing one.
     for split in ("in", "out"):
         assert {f"env0_{split}_acc", f"env0_{split}_nll", f"env0_{split}_ece"} <= set(records[-1])
@@ -83,7 +85,7 @@ def test_resume_after_a_crash_between_checkpoint_and_best_model(tmp_path: Path, 
     monkeypatch.delenv(FAULT_ENV)
     reset_faults()
     train_debug28(out)
-    want, got = safe_load(reference / BEST_MODEL), safe_load(out / BEST_MODEL)
+    want, got = load_verified(reference / BEST_MODEL), load_verified(out / BEST_MODEL)
     assert got["best"] == want["best"]
     assert all(torch.equal(got["model_dict"][k], v) for k, v in want["model_dict"].items())
 
@@ -97,7 +99,7 @@ def test_keeper_replaces_only_on_improvement_and_resumes_from_the_records(tmp_pa
 
     def save(path: Path, best: dict) -> None:
         written.append(best)
-        from domainbed.lib.checkpoint import save_verified
+        from domainbed.training.atomic_files import save_verified
 
         save_verified({"best": best}, path)
 
@@ -125,7 +127,7 @@ def test_an_averaging_algorithm_keeps_and_exports_its_averaged_model(tmp_path: P
     train.main(["--dataset", "Debug28", "--algorithm", "SWAD", "--output_dir", str(tmp_path / "swad"), "--steps", "6",
                 "--checkpoint_freq", "1", "--test_envs", "0",
                 "--hparams", '{"batch_size": 4, "swad_n_converge": 1, "swad_n_tolerance": 2}'])
-    assert safe_load(tmp_path / "swad" / BEST_MODEL)["best"]["averaged"] is True
+    assert load_verified(tmp_path / "swad" / BEST_MODEL)["best"]["averaged"] is True
     sel = select_checkpoint(tmp_path, "Debug28", "SWAD", 0, "training_domain")
     assert sel.averaged and weights_file(sel).name == "model.pt"
     averaged = [r for r in read_jsonl(tmp_path / "swad" / "results.jsonl") if r.get("averaged")][-1]

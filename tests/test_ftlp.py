@@ -183,7 +183,8 @@ def test_bad_ftlp_hparams_are_explained(debug28):
 
 
 def test_swad_state_survives_a_checkpoint_round_trip(debug28, tmp_path):
-    from domainbed.lib.checkpoint import atomic_torch_save, safe_load
+    from domainbed.training.atomic_files import save_verified
+    from domainbed.training.integrity import load_verified
 
     def run(alg, start, stop):
         for i in range(start, stop):
@@ -197,8 +198,8 @@ def test_swad_state_survives_a_checkpoint_round_trip(debug28, tmp_path):
     run(ref, 0, 12)
     first = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2, ftlp_layers="all", ftlp_posterior="sample")
     run(first, 0, 7)
-    atomic_torch_save({"alg": first.state_dict(), "opt": first.optimizer.state_dict()}, tmp_path / "c.pt")
-    state = safe_load(tmp_path / "c.pt")
+    save_verified({"alg": first.state_dict(), "opt": first.optimizer.state_dict()}, tmp_path / "c.pt")
+    state = load_verified(tmp_path / "c.pt")
     resumed = make("SWAD_FTLP", debug28, swad_n_converge=2, swad_n_tolerance=2, ftlp_layers="all", ftlp_posterior="sample")
     resumed.load_state_dict(state["alg"])
     resumed.optimizer.load_state_dict(state["opt"])

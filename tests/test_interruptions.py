@@ -26,10 +26,12 @@ from torch.utils.data import TensorDataset
 
 from domainbed.launchers import claims, local
 from domainbed.launchers.interrupts import LaunchInterrupts
-from domainbed.lib import loaders, run_lock
-from domainbed.lib.checkpoint import FAULT_ENV, STOP_NOTICE, read_jsonl
-from domainbed.lib.preemption import Preempted, PreemptionGuard
-from domainbed.lib.run_lock import LOCK_FILE
+from domainbed.lib import loaders
+from domainbed.training import run_lock
+from domainbed.training.atomic_files import read_jsonl
+from domainbed.training.faults import FAULT_ENV, STOP_NOTICE
+from domainbed.training.preemption import Preempted, PreemptionGuard
+from domainbed.training.run_lock import LOCK_FILE
 
 from fixtures_datasets import png_bytes, write_files
 
@@ -228,7 +230,7 @@ def test_job_conditions_tell_interrupted_from_failed_and_running(tmp_path):
 
 def test_a_train_process_holding_the_folder_is_running_and_not_reclaimed(tmp_path):
     from domainbed.launchers.registry import Job
-    from domainbed.lib.run_lock import folder_lock
+    from domainbed.training.run_lock import folder_lock
 
     job = tmp_path / "job"
     job.mkdir()

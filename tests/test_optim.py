@@ -18,10 +18,11 @@ from domainbed import hparams_registry
 from domainbed.algorithms import algorithm_names, get_algorithm_class
 from domainbed.algorithms._support import restart_optimizer
 from domainbed.datasets import build_dataset
-from domainbed.lib.checkpoint import read_jsonl, safe_load
 from domainbed.lib.errors import UserError
 from domainbed.lib.optim import LARS, SGD_MOMENTUM, LRSchedule, build_optimizer, in_linear_phase, optimizer_name
 from domainbed.scripts import train
+from domainbed.training.atomic_files import read_jsonl
+from domainbed.training.integrity import load_verified
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +216,7 @@ def test_run_interrupted_mid_warmup_resumes_like_the_uninterrupted_one(tmp_path,
     monkeypatch.setattr(train.Trainer, "_save_checkpoint", crash)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "crash")
-    ckpt = safe_load(tmp_path / "crash" / "checkpoint.pt")
+    ckpt = load_verified(tmp_path / "crash" / "checkpoint.pt")
     assert ckpt["lr_schedule"] == {"kind": "warmup_cosine", "total_steps": 9, "warmup_steps": 5, "step": 2}
     monkeypatch.setattr(train.Trainer, "_save_checkpoint", real_save)
     run(tmp_path, "crash")

@@ -1,14 +1,14 @@
 """Robustness (issues 6 and 14): no lost results under crashes, storage faults, concurrent
 runs, bad data and bad input.
 
-Kills use the ``DOMAINBED_FAULT`` hook (``domainbed.lib.checkpoint.fault_point``) to hit
+Kills use the ``DOMAINBED_FAULT`` hook (``domainbed.training.faults.fault_point``) to hit
 exact moments, plus SIGKILLs at seeded random times. To keep the Python start-up cost
 (about 3 s of imports) out of every run, killed runs are forked from one "fork server" that
 has done the imports and run no torch op: each child is a real, separate process that a
 SIGKILL ends with nothing run after it. A child the hook stops (SIGSTOP) is reported by the
 server as soon as it is stopped, so tests act on that event rather than after a sleep; the
 hook's notice on stderr tells its stop from one a job scheduler may send.
-README.md, section "Failure modes", names the test of each failure.
+docs/robustness.md names the test of each failure.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from domainbed.lib.checkpoint import FAULT_ENV, STOP_NOTICE, InjectedFault, damage_file, read_jsonl, safe_load
-from domainbed.lib.run_lock import LOCK_FILE
 from domainbed.scripts import train
+from domainbed.training.atomic_files import read_jsonl
+from domainbed.training.faults import FAULT_ENV, STOP_NOTICE, InjectedFault, damage_file
+from domainbed.training.integrity import load_verified
+from domainbed.training.run_lock import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "domainbed"
@@ -227,7 +229,7 @@ def assert_tensorboard_matches_records(out: Path) -> None:
 
 
 def checkpoint_step(out: Path, name: str = "checkpoint.pt") -> int:
-    return int(safe_load(out / name)["step"])
+    return int(load_verified(out / name)["step"])
 
 
 # (fault, expected exit status, what is on disk afterwards) for one output folder, in order.
@@ -360,7 +362,7 @@ def test_storage_faults_then_rerun_equals_uninterrupted(server, reference, tmp_p
     assert server.run(out, "written/model.pt:1:flip") == 0
     assert "warning: model.pt was damaged on the storage right after it was written" in err()
     assert_consistent(out, reference, finished=True)
-    assert safe_load(out / "model.pt")["num_classes"] == 2
+    assert load_verified(out / "model.pt")["num_classes"] == 2
     assert_tensorboard_matches_records(out)
 
     # model.pt of a finished run rots: the rerun says so, and touches nothing.
@@ -384,7 +386,7 @@ def test_damaged_checkpoint_of_swad_resumes_the_same_average(server, tmp_path):
     assert reference_records[-1]["averaged"] is True
     out = tmp_path / "run"
     assert server.run(out, "after_checkpoint:3", argv=argv) == KILLED
-    swad = safe_load(out / "checkpoint.prev.pt")["algorithm"]["_extra_state"]["swad"]
+    swad = load_verified(out / "checkpoint.prev.pt")["algorithm"]["_extra_state"]["swad"]
     assert swad["valley"]["n_segments"] == 2 and swad["final"]["count"] > 0, "averaging had begun at step 4"
     damage_file(out / "checkpoint.pt", "flip")
     assert server.run(out, argv=argv) == 0
@@ -426,7 +428,7 @@ def sweep_argv(sweep_dir: Path) -> list[str]:
 
 
 def test_crash_keeps_traceback_and_is_counted_incomplete(tmp_path, monkeypatch, capsys):
-    from domainbed.lib.records import load_records
+    from domainbed.results.records import load_records
     from domainbed.scripts import collect_results, sweep
 
     sweep_dir = tmp_path / "sweep"
@@ -703,7 +705,7 @@ def test_reviewed_torch_loads_pass_weights_only_true():
                 value = {k.arg: k.value for k in node.keywords}.get("weights_only")
                 if not (isinstance(value, ast.Constant) and value.value is True):
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
-    assert found, "the walk finds the reviewed loads (lib/integrity.py, networks/weights.py)"
+    assert found, "the walk finds the reviewed loads (training/integrity.py, networks/weights.py)"
     assert not offenders, f"torch.load without weights_only=True: {offenders}"
 
 

@@ -237,8 +237,8 @@ def test_paired_jobs_of_erm_and_erm_ftlp_start_identically(tmp_path: Path) -> No
     the same batches and the same torch RNG stream (the prior must not consume randomness)."""
     import torch
 
-    from domainbed.lib.preemption import PreemptionGuard
     from domainbed.scripts import train
+    from domainbed.training.preemption import PreemptionGuard
 
     argv = ["status", "--datasets", "Debug28", "--algorithms", "ERM", "ERM_FTLP", "--n_hparams", "1",
             "--n_trials", "1", "--single_test_envs", "--test_envs_subset", "0", "--paired_seeds",

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from domainbed.algorithms import algorithm_names
-from domainbed.lib.checkpoint import FAULT_ENV, STOP_NOTICE, read_jsonl, safe_load
 from domainbed.lib.errors import UserError
 from domainbed.scripts import train
+from domainbed.training.atomic_files import read_jsonl
+from domainbed.training.faults import FAULT_ENV, STOP_NOTICE
+from domainbed.training.integrity import load_verified
 
 slow = pytest.mark.slow
 
@@ -157,7 +159,7 @@ def test_sigterm_saves_checkpoint_and_exits_143(tmp_path):
     # SIGTERM is sent to the process, and the kernel may hand it to one of torch's threads;
     # the main thread then sees the flag a moment later, sometimes only after finishing
     # step 31. Either way the checkpoint is the step the notice was seen in, between evaluations.
-    saved = safe_load(out / "checkpoint.pt")["step"]
+    saved = load_verified(out / "checkpoint.pt")["step"]
     assert saved in (30, 31) and not (out / "done").exists()
     assert f"SIGTERM received: checkpoint saved at step {saved}" in (out / "err.txt").read_text()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)

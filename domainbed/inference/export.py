@@ -1,7 +1,7 @@
 """The model a selection rule picks, written as one self-describing file.
 
 :func:`select_checkpoint` applies the rule exactly as ``collect_results`` does (the same
-records, prepared the same way, the same :class:`~domainbed.lib.selection.SelectionMethod`),
+records, prepared the same way, the same :class:`~domainbed.results.selection.SelectionMethod`),
 so the exported model is the one behind the table's cell for that trial. :func:`weights_file`
 finds the selected step's weights in the run folder: ``model_best.pt`` (the step
 training-domain validation selects, kept during training), ``model_step{N}.pt`` (with
@@ -61,8 +61,8 @@ def select_checkpoint(input_dir: str | os.PathLike, dataset: str, algorithm: str
                       trial_seed: int | None = None) -> SelectedCheckpoint:
     """The checkpoint ``selection`` picks for ``(dataset, algorithm, test_env)``; with no
     ``trial_seed``, that of the lowest trial seed present."""
-    from domainbed.lib.records import load_records
     from domainbed.model_selection import prepare_records
+    from domainbed.results.records import load_records
 
     method = _rule(selection)
     load = load_records(input_dir)
@@ -116,7 +116,7 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 
 def weights_file(sel: SelectedCheckpoint) -> Path:
     """The file in the run folder holding the selected checkpoint's weights; :class:`WeightsNotKept` when none does."""
-    from domainbed.lib.integrity import load_verified
+    from domainbed.training.integrity import load_verified
 
     folder = sel.output_dir
     final = folder / FINAL_MODEL
@@ -143,7 +143,7 @@ def weights_file(sel: SelectedCheckpoint) -> Path:
 
 
 def _final_is_averaged(folder: Path) -> bool:
-    from domainbed.lib.checkpoint import read_jsonl
+    from domainbed.training.atomic_files import read_jsonl
 
     return any(r.get("averaged") for r in read_jsonl(folder / "results.jsonl"))
 
@@ -183,7 +183,7 @@ def build_model_state(sel: SelectedCheckpoint, weights: Path) -> dict[str, Any]:
 
     from domainbed.algorithms import get_algorithm_class
     from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from domainbed.lib.integrity import load_verified
+    from domainbed.training.integrity import load_verified
     from domainbed.version import __version__
 
     saved = load_verified(weights)
@@ -228,7 +228,7 @@ def build_model_state(sel: SelectedCheckpoint, weights: Path) -> dict[str, Any]:
 
 def export_model(sel: SelectedCheckpoint, output: str | os.PathLike) -> Path:
     """Write the selected checkpoint's model file to ``output`` (verified, atomically); returns the weights file read."""
-    from domainbed.lib.checkpoint import save_verified
+    from domainbed.training.atomic_files import save_verified
 
     weights = weights_file(sel)
     output = Path(output)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from domainbed.lib.errors import UserError
-from domainbed.lib.integrity import DamagedFile, load_verified
+from domainbed.training.integrity import DamagedFile, load_verified
 
 FORMAT = "domainbed-model"
 FORMAT_VERSION = 1

@@ -23,7 +23,7 @@ counts as ``remote`` until the job releases it: the submitting process ends long
 the job runs, so its pid says nothing.
 
 **Relaunch.** When a job stops, ``train`` and then its launcher record the exit status in
-``.last_exit`` (:func:`~domainbed.lib.run_lock.record_exit`), and the launcher removes
+``.last_exit`` (:func:`~domainbed.training.run_lock.record_exit`), and the launcher removes
 ``.lock``. An Incomplete job is then in one of these conditions (:func:`job_condition`):
 
 * ``running``     a live or remote claim, or a ``train`` process holds the run folder's lock;
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from domainbed.launchers.registry import Job
-from domainbed.lib.run_lock import folder_in_use, last_exit
+from domainbed.training.run_lock import folder_in_use, last_exit
 
 LOCK_NAME = ".lock"
 LOG_NAME = "launcher.log"  # the child's stdout+stderr; the trainer keeps its own out.txt/err.txt

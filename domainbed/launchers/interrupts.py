@@ -18,7 +18,7 @@ import os
 import subprocess
 from typing import Any, Mapping, Sequence
 
-from domainbed.lib.preemption import InterruptHandling, exit_status
+from domainbed.training.preemption import InterruptHandling, exit_status
 
 
 class LaunchInterrupts(InterruptHandling):

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from domainbed.launchers.claims import INTERRUPTED_EXITS, LOG_NAME, claim, log_tail, release
 from domainbed.launchers.interrupts import LaunchInterrupts
 from domainbed.launchers.registry import Job, LauncherOptions, LaunchSummary, register_launcher
-from domainbed.lib.run_lock import record_exit
+from domainbed.training.run_lock import record_exit
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 

@@ -26,7 +26,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from domainbed.launchers.claims import INTERRUPTED_EXITS, LOG_NAME, claim, log_tail, refresh_lock, release
 from domainbed.launchers.local import progress_bar
 from domainbed.launchers.registry import Job, LauncherOptions, LaunchSummary, register_launcher
-from domainbed.lib.run_lock import record_exit
+from domainbed.training.run_lock import record_exit
 
 
 def _terminate(proc: subprocess.Popen, grace_s: float) -> None:

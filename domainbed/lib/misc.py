@@ -30,7 +30,7 @@ from domainbed.lib.seeding import (
     set_global_seed,
     set_rng_state,
 )
-from domainbed.lib.tee import Tee
+from domainbed.training.tee import Tee
 
 __all__ = [
     "MovingAverage", "ParamDict", "Tee", "_SplitDataset", "accuracy", "l2_between_dicts",

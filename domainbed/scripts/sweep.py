@@ -34,13 +34,13 @@ from typing import Callable
 
 from domainbed.launchers import LauncherOptions, get_launcher, lock_status
 from domainbed.launchers.claims import job_condition
-from domainbed.lib.preemption import exit_status
 from domainbed.lib.registry import Registry
-from domainbed.lib.run_lock import folder_in_use
 from domainbed.sweep import options
 from domainbed.sweep.jobs import JobState, build_jobs, build_train_args, job_state
 from domainbed.sweep.jobs import SweepJob as Job  # DomainBed's name; a domainbed.launchers.Job
+from domainbed.training.preemption import exit_status
 from domainbed.training.provenance import mixed_commits_warning
+from domainbed.training.run_lock import folder_in_use
 
 Command = Callable[[argparse.Namespace, list[Job]], int]
 COMMANDS: Registry[Command] = Registry("sweep command")

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from domainbed.lib.checkpoint import reset_faults
-from domainbed.lib.preemption import PreemptionGuard
 from domainbed.training.arguments import build_parser, resolve_hparams, validate_args
+from domainbed.training.faults import reset_faults
+from domainbed.training.preemption import PreemptionGuard
 from domainbed.training.run_folder import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,

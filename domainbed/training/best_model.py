@@ -1,6 +1,6 @@
 """Keep the weights that training-domain validation would select: ``model_best.pt``.
 
-Training-domain validation (:class:`domainbed.lib.selection.TrainingDomainValidation`)
+Training-domain validation (:class:`domainbed.results.selection.TrainingDomainValidation`)
 picks, within a run, the checkpoint with the highest mean ``out`` accuracy over the
 training domains (ties: the earliest). This keeper applies the same rule while training:
 after each evaluation whose score beats every earlier one it replaces ``model_best.pt``
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from domainbed.lib.integrity import DamagedFile, UnsafeFile, load_verified
+from domainbed.training.integrity import DamagedFile, UnsafeFile, load_verified
 
 BEST_MODEL = "model_best.pt"
 SaveModel = Callable[[Path, dict[str, Any]], None]

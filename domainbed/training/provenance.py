@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from domainbed.lib.checkpoint import atomic_write_text
+from domainbed.training.atomic_files import atomic_write_text
 from domainbed.version import __version__
 
 PROVENANCE = "provenance.json"

@@ -1,7 +1,7 @@
 """The life of an output folder around one training run: lock, resume checks, ``done``,
 and how the run ends (its exit status and its one-line message).
 
-One ``train`` process at a time holds the folder (:func:`~domainbed.lib.run_lock.folder_lock`).
+One ``train`` process at a time holds the folder (:func:`~domainbed.training.run_lock.folder_lock`).
 A rerun with other arguments is refused; a rerun of a finished run only checks it. Exit
 statuses: 0 done, 1 storage fault (rerun to resume), 2 user error (a one-line message, no
 traceback), 3 diverged, 143 pre-empted by SIGTERM, 130 interrupted by SIGINT (Ctrl-C). Any other exception is a bug: it keeps
@@ -17,12 +17,13 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from domainbed.lib.checkpoint import StorageError, atomic_write_text, clean_temp_files, fault_point
 from domainbed.lib.errors import UserError
-from domainbed.lib.integrity import DAMAGED_SUFFIX, DamagedFile, load_verified
-from domainbed.lib.preemption import Preempted, PreemptionGuard
-from domainbed.lib.run_lock import folder_lock, record_exit
-from domainbed.lib.tee import tee_output
+from domainbed.training.atomic_files import StorageError, atomic_write_text, clean_temp_files
+from domainbed.training.faults import fault_point
+from domainbed.training.integrity import DAMAGED_SUFFIX, DamagedFile, load_verified
+from domainbed.training.preemption import Preempted, PreemptionGuard
+from domainbed.training.run_lock import folder_lock, record_exit
+from domainbed.training.tee import tee_output
 
 EXIT_STORAGE = 1
 EXIT_CRASHED = 1  # an exception that is a bug (it keeps its traceback), as Python's own status

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 
 import torch
 
-from domainbed.lib.checkpoint import clean_temp_files, read_jsonl, rewrite_jsonl
-from domainbed.lib.integrity import load_newest_intact
 from domainbed.lib.misc import rng_state, set_rng_state
+from domainbed.training.atomic_files import clean_temp_files, read_jsonl, rewrite_jsonl
+from domainbed.training.integrity import load_newest_intact
 
 
 @dataclass

@@ -26,17 +26,16 @@ from domainbed.datasets import build_dataset
 from domainbed.datasets.bad_images import bad_image_count
 from domainbed.datasets.device_pipeline import select_train_loader
 from domainbed.datasets.splits import in_out_split, uda_split
-from domainbed.lib.checkpoint import append_jsonl, fault_point, read_jsonl, save_verified
 from domainbed.lib.errors import UserError
 from domainbed.lib.evaluation import evaluate_split
 from domainbed.lib.loaders import default_workers, eval_loader, zip_batches
 from domainbed.lib.misc import seed_hash, set_global_seed
-from domainbed.lib.preemption import PreemptionGuard
-from domainbed.lib.tb_trim import trim_event_files
 from domainbed.training.arguments import resolve_device, resolve_hparams
+from domainbed.training.atomic_files import append_jsonl, read_jsonl, save_verified
 from domainbed.training.best_model import BestModelKeeper
+from domainbed.training.faults import fault_point
+from domainbed.training.preemption import PreemptionGuard
 from domainbed.training.provenance import record_provenance
-from domainbed.training.reporting import make_record, print_summary, write_tensorboard
 from domainbed.training.run_folder import (
     CHECKPOINT,
     PREVIOUS_CHECKPOINT,
@@ -44,7 +43,9 @@ from domainbed.training.run_folder import (
     mark_done,
     remove_checkpoints,
 )
+from domainbed.training.run_report import make_record, print_summary
 from domainbed.training.run_state import LoopState, checkpoint_state, model_state, resume
+from domainbed.training.tensorboard_log import trim_event_files, write_tensorboard
 
 
 class Trainer:

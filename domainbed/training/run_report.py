@@ -1,5 +1,6 @@
-"""What a run reports: its records (DomainBed's ``results.jsonl`` keys plus ours), the
-same numbers in TensorBoard, and the closing summary printed to ``out.txt``."""
+"""What a run reports: the record of each checkpoint step (DomainBed's ``results.jsonl``
+keys plus ours) and the closing summary printed to ``out.txt``. The same numbers go to
+TensorBoard through :mod:`domainbed.training.tensorboard_log`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
-from domainbed.lib.checkpoint import read_jsonl
+from domainbed.training.atomic_files import read_jsonl
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -31,15 +32,6 @@ def make_record(step: int, epoch: float, step_time: float, evals: dict[str, floa
         "hparams": hparams,
         "args": vars(args),
     }
-
-
-def write_tensorboard(writer: Any, record: dict[str, Any], prefix: str = "") -> None:
-    """Every number of ``record`` as a scalar, grouped as accuracies, losses or the rest."""
-    for key, value in record.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-            group = "acc" if key.endswith("_acc") else "loss" if "loss" in key or "penalty" in key or "kl" in key else "misc"
-            writer.add_scalar(f"{prefix}{group}/{key}", value, record["step"])
-    writer.flush()
 
 
 def print_summary(results: Path, environments: Sequence[str], test_envs: Sequence[int],

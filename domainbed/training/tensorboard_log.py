@@ -1,4 +1,5 @@
-"""Remove from a TensorBoard log the points that a resumed run writes again.
+"""The run's TensorBoard log: every number of a record written as a scalar
+(:func:`write_tensorboard`), and the points that a resumed run writes again removed.
 
 ``SummaryWriter(purge_step=N)`` only appends a marker asking readers to hide earlier points
 at steps >= N; TensorBoard honours it, but the points stay in the files, so any other reader
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 # Not matching "*tfevents*": TensorBoard, if it is watching, must not read a half-written copy.
 TMP_GLOB = ".trim-*.tmp"
@@ -60,3 +61,12 @@ def trim_event_files(log_dir: str | os.PathLike, drop: Callable[[str, int], bool
             os.fsync(f.fileno())
         os.replace(tmp, path)
     return removed
+
+
+def write_tensorboard(writer: Any, record: dict[str, Any], prefix: str = "") -> None:
+    """Every number of ``record`` as a scalar, grouped as accuracies, losses or the rest."""
+    for key, value in record.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+            group = "acc" if key.endswith("_acc") else "loss" if "loss" in key or "penalty" in key or "kl" in key else "misc"
+            writer.add_scalar(f"{prefix}{group}/{key}", value, record["step"])
+    writer.flush()

@@ -6,7 +6,7 @@ silently):
 * the archive: every ``.pt`` file is PyTorch's zip archive, whose members each carry a
   CRC-32; :func:`verify_archive` reads them all back and checks them, which catches a
   truncated copy, a file cut short by a full quota, zeroed blocks or bit rot in the data;
-* the content: files written by :func:`domainbed.lib.checkpoint.save_verified` hold under
+* the content: files written by :func:`domainbed.training.atomic_files.save_verified` hold under
   ``"sha256"`` a digest of everything else in them (:func:`content_digest`), checked against
   what ``torch.load`` actually returned. It covers what the CRCs do not: the zip metadata,
   which PyTorch's zip reader does not read exactly as Python's does (a member flagged as a
