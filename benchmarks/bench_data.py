@@ -90,8 +90,8 @@ class CachedDomain(torch.utils.data.Dataset):
 
 def make_loaders(pipeline: str, datasets: Sequence[Any], s: Setting, workers: int) -> list[Any]:
     """One training loader per domain, as ``train`` builds them for ``pipeline``."""
-    from domainbed.datasets.device_pipeline import device_train_loader
-    from domainbed.lib.loaders import train_loader
+    from domainbed.training.input_pipeline import device_train_loader
+    from domainbed.training.loaders import train_loader
 
     pin = s.device.type == "cuda"
     if pipeline == "cpu":
@@ -109,7 +109,7 @@ def _warm_batches(workers: int) -> int:
 def loader_images_per_s(loaders: Sequence[Any], s: Setting, workers: int, batches: int) -> float:
     """Images/s the loaders make ready on the training device (the CPU path's batches are
     copied there, as ``Algorithm.update`` does), with no training step in between."""
-    from domainbed.lib.loaders import zip_batches
+    from domainbed.training.loaders import zip_batches
 
     it = zip_batches(loaders)
     for _ in range(_warm_batches(workers)):
@@ -127,7 +127,7 @@ def loader_images_per_s(loaders: Sequence[Any], s: Setting, workers: int, batche
 
 def step_images_per_s(loaders: Sequence[Any], s: Setting, workers: int, steps: int) -> float:
     """Images/s of our ERM (configuration b) trained from the loaders' batches, end to end."""
-    from domainbed.lib.loaders import zip_batches
+    from domainbed.training.loaders import zip_batches
 
     alg = build(Config("fed_erm", "ERM"), s)
     it = zip_batches(loaders)

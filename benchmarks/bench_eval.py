@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from bench_common import Config, MemoryMeter, Setting, build, synchronize
 
-from domainbed.lib.evaluation import evaluate
+from domainbed.training.evaluation import evaluate
 
 
 def measure_evaluation(s: Setting, eval_batch: int, meter: MemoryMeter) -> dict[str, Any]:

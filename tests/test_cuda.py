@@ -17,10 +17,10 @@ import torch
 
 from domainbed import hparams_registry
 from domainbed.algorithms import get_algorithm_class
+from domainbed.algorithms.ftlp.gaussian import gaussian_kl
 from domainbed.datasets import build_dataset
-from domainbed.lib.evaluation import evaluate
-from domainbed.lib.loaders import eval_loader
-from domainbed.lib.penalties import gaussian_kl
+from domainbed.training.evaluation import evaluate
+from domainbed.training.loaders import eval_loader
 
 pytestmark = [
     pytest.mark.cuda,

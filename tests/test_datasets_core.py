@@ -58,7 +58,7 @@ def test_debug_datasets():
 def test_labels_are_read_without_loading_inputs():
     from torch.utils.data import Subset
 
-    from domainbed.lib.loaders import class_balanced_weights, dataset_labels
+    from domainbed.training.loaders import class_balanced_weights, dataset_labels
 
     d = build_dataset("Debug28", None, [0], {})[1]
     view = Subset(d, [5, 2, 9])

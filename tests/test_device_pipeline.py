@@ -25,17 +25,12 @@ from domainbed.datasets import build_dataset
 from domainbed.datasets.augment_params import AugmentSpec, draw_params
 from domainbed.datasets.bad_images import BadImageWarning, load_rgb
 from domainbed.datasets.batched_augment import adjust_hue, augment_batch, color_jitter
-from domainbed.datasets.device_pipeline import (
-    decode_images,
-    device_train_loader,
-    read_for_device,
-    resolve_input_pipeline,
-    select_train_loader,
-)
+from domainbed.datasets.device_pipeline import decode_images, read_for_device, resolve_input_pipeline
 from domainbed.datasets.images import ImageFolderDomains
 from domainbed.datasets.transforms import IMAGENET_STD, TrainAugment, eval_transform
-from domainbed.lib.loaders import train_loader
 from domainbed.lib.misc import sample_generator, sample_seed
+from domainbed.training.input_pipeline import device_train_loader, select_train_loader
+from domainbed.training.loaders import train_loader
 
 CPU = torch.device("cpu")
 # One grey level (1/255) after normalisation is at most 1 / (255 * min std).

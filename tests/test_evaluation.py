@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from domainbed import hparams_registry
 from domainbed.algorithms import get_algorithm_class
-from domainbed.lib.evaluation import evaluate
+from domainbed.training.evaluation import evaluate
 
 
 @pytest.fixture

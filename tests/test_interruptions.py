@@ -26,8 +26,7 @@ from torch.utils.data import TensorDataset
 
 from domainbed.launchers import claims, local
 from domainbed.launchers.interrupts import LaunchInterrupts
-from domainbed.lib import loaders
-from domainbed.training import run_lock
+from domainbed.training import loaders, run_lock
 from domainbed.training.atomic_files import read_jsonl
 from domainbed.training.faults import FAULT_ENV, STOP_NOTICE
 from domainbed.training.preemption import Preempted, PreemptionGuard
@@ -380,7 +379,7 @@ def test_a_process_with_live_workers_exits_although_they_ignore_sigterm(tmp_path
     script.write_text(
         "import torch\n"
         "from torch.utils.data import TensorDataset\n"
-        "from domainbed.lib import loaders\n"
+        "from domainbed.training import loaders\n"
         "data = TensorDataset(torch.zeros(16, 1), torch.zeros(16, dtype=torch.long))\n"
         "it = iter(loaders.eval_loader(data, 4, 2, False))\n"
         "next(it)\n"

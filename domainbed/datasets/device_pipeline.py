@@ -12,6 +12,7 @@ Selected by the hparam ``input_pipeline``: ``auto`` (the device path on CUDA for
 folders whose files are mostly JPEG, the CPU path otherwise), ``cpu`` or ``device``
 (``device`` on a CPU-only machine runs the batched path on the CPU, which is how the tests
 exercise it). Only training batches take this path; evaluation keeps the CPU loaders.
+The loaders themselves are made by :mod:`domainbed.training.input_pipeline`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -33,7 +33,6 @@ from domainbed.datasets.batched_augment import augment_batch
 from domainbed.datasets.images import ImageFolderDomains
 from domainbed.datasets.transforms import TrainAugment
 from domainbed.lib.errors import UserError
-from domainbed.lib.loaders import train_loader
 from domainbed.lib.misc import sample_generator
 
 # Values of the hparam input_pipeline (declared with the family hparams, default auto).
@@ -77,7 +76,7 @@ def read_for_device(path: str) -> EncodedImage:
 
 
 def fetch_encoded(root: Dataset, index: int, seed: int) -> tuple[tuple[EncodedImage, Any], int]:
-    """The device pipeline's ``fetch`` (see :class:`domainbed.lib.loaders.SeededSamples`)."""
+    """The device pipeline's ``fetch`` (see :class:`domainbed.training.loaders.SeededSamples`)."""
     from domainbed.datasets._folder_domain import ImageDomain
 
     if not isinstance(root, ImageDomain):
@@ -179,17 +178,6 @@ class DeviceBatches:
             yield transform_batch(batch, self.device, self.image_size)
 
 
-def device_train_loader(
-    dataset: Dataset, batch_size: int, seed: int, start_step: int, num_workers: int, pin_memory: bool,
-    class_balanced: bool = False, *, device: torch.device | str, image_size: int,
-) -> DeviceBatches:
-    """:func:`domainbed.lib.loaders.train_loader`'s batches, decoded and augmented on
-    ``device`` (``pin_memory`` is ignored: workers send encoded files)."""
-    loader = train_loader(dataset, batch_size, seed, start_step, num_workers, False, class_balanced,
-                          fetch=fetch_encoded, collate_fn=collate_encoded)
-    return DeviceBatches(loader, device, image_size)
-
-
 def mostly_jpeg(dataset: MultipleDomainDataset) -> bool:
     paths = [path for domain in dataset.datasets for path, _ in getattr(domain, "samples", [])]
     return bool(paths) and sum(p.lower().endswith(_JPEG_EXTENSIONS) for p in paths) * 2 >= len(paths)
@@ -209,13 +197,3 @@ def resolve_input_pipeline(hparams: Mapping[str, Any], dataset: MultipleDomainDa
     if value == "auto":
         return "device" if torch.device(device).type == "cuda" and folders and mostly_jpeg(dataset) else "cpu"
     return value
-
-
-def select_train_loader(hparams: Mapping[str, Any], dataset: MultipleDomainDataset,
-                        device: torch.device) -> tuple[str, Callable[..., Any]]:
-    """``(pipeline, factory)``: the factory takes :func:`train_loader`'s arguments."""
-    pipeline = resolve_input_pipeline(hparams, dataset, device)
-    if pipeline == "cpu":
-        return pipeline, train_loader
-    return pipeline, partial(device_train_loader, device=device, image_size=int(dataset.input_shape[-1]))
-

@@ -3,7 +3,7 @@
 :func:`predict_batches` runs the model over ``(x, y)`` batches (with a progress bar) and
 keeps logits and labels; :func:`domain_metrics` turns them into accuracy, per-class
 accuracy, macro-F1, the confusion matrix, NLL and ECE with its reliability bins (all from
-:mod:`domainbed.lib.metrics`); :func:`format_table` and :func:`reliability_figure` present them.
+:mod:`domainbed.training.metrics`); :func:`format_table` and :func:`reliability_figure` present them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from domainbed.lib import metrics
+from domainbed.training import metrics
 
 
 def predict_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
@@ -70,7 +70,7 @@ def format_table(results: dict[str, dict[str, Any]], class_names: Sequence[str],
                  max_class_columns: int = 20) -> str:
     """Per-domain table (n, accuracy, macro-F1, NLL, ECE), then per-class accuracy when the
     classes fit on a line (all of them are in the JSON file)."""
-    from domainbed.lib.tables import format_grid
+    from domainbed.results.tables import format_grid
 
     header = ["Domain", "n", "Accuracy", "Macro-F1", "NLL", f"ECE ({n_bins} bins)"]
     body = [[name, str(r["n"]), _cell(r.get("accuracy")), _cell(r.get("macro_f1")), _cell(r.get("nll")),

@@ -20,8 +20,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from domainbed.lib.evaluation import InputPolicy, evaluate
-from domainbed.lib.loaders import dataset_labels
 from domainbed.lib.seeding import (
     rng_state,
     sample_generator,
@@ -30,6 +28,8 @@ from domainbed.lib.seeding import (
     set_global_seed,
     set_rng_state,
 )
+from domainbed.training.evaluation import InputPolicy, evaluate
+from domainbed.training.loaders import dataset_labels
 from domainbed.training.tee import Tee
 
 __all__ = [

@@ -25,8 +25,8 @@ from typing import Any, Iterator
 import torch
 
 from domainbed.lib.errors import UserError
-from domainbed.lib.metrics import DEFAULT_ECE_BINS
 from domainbed.training.arguments import resolve_device
+from domainbed.training.metrics import DEFAULT_ECE_BINS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ in any phase, and the steps since the last checkpoint are lost (as with SIGKILL)
 SIGTERM changes nothing: schedulers send it to every process of a job, and a launcher may
 forward one more. The exit status tells the signal: 143 for SIGTERM, 130 for SIGINT (the
 shell's 128 + signal number). Data-loader workers ignore both signals
-(:func:`domainbed.lib.loaders.ignore_interrupts`): the main process owns the shutdown.
+(:func:`domainbed.training.loaders.ignore_interrupts`): the main process owns the shutdown.
 """
 
 from __future__ import annotations

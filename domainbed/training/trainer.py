@@ -24,16 +24,16 @@ import torch
 from domainbed.algorithms import get_algorithm_class
 from domainbed.datasets import build_dataset
 from domainbed.datasets.bad_images import bad_image_count
-from domainbed.datasets.device_pipeline import select_train_loader
 from domainbed.datasets.splits import in_out_split, uda_split
 from domainbed.lib.errors import UserError
-from domainbed.lib.evaluation import evaluate_split
-from domainbed.lib.loaders import default_workers, eval_loader, zip_batches
 from domainbed.lib.misc import seed_hash, set_global_seed
 from domainbed.training.arguments import resolve_device, resolve_hparams
 from domainbed.training.atomic_files import append_jsonl, read_jsonl, save_verified
 from domainbed.training.best_model import BestModelKeeper
+from domainbed.training.evaluation import evaluate_split
 from domainbed.training.faults import fault_point
+from domainbed.training.input_pipeline import select_train_loader
+from domainbed.training.loaders import default_workers, eval_loader, zip_batches
 from domainbed.training.preemption import PreemptionGuard
 from domainbed.training.provenance import record_provenance
 from domainbed.training.run_folder import (

@@ -64,11 +64,6 @@ def ece_from_bins(bins: CalibrationBins) -> float:
     return float(gap.sum()) / total
 
 
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = DEFAULT_ECE_BINS) -> float:
-    """ECE of top-1 predictions with ``n_bins`` equal-width bins (module docstring)."""
-    return ece_from_bins(calibration_bins(probs, labels, n_bins))
-
-
 def reliability(bins: CalibrationBins) -> list[dict[str, float | int | None]]:
     """One entry per bin for a reliability diagram: its edges, count, accuracy and mean
     confidence (None for an empty bin)."""

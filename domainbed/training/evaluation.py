@@ -9,7 +9,7 @@ algorithm that produced it, passed as ``inputs``; with no ``inputs`` at all it r
 fp32 on the device of its parameters, as any plain module would.
 
 :func:`evaluate_split` also returns the expected calibration error of the same pass
-(:mod:`domainbed.lib.metrics`); :func:`evaluate` is its accuracy and loss.
+(:mod:`domainbed.training.metrics`); :func:`evaluate` is its accuracy and loss.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from domainbed.lib.metrics import DEFAULT_ECE_BINS, CalibrationBins, calibration_bins, ece_from_bins
+from domainbed.training.metrics import DEFAULT_ECE_BINS, CalibrationBins, calibration_bins, ece_from_bins
 
 
 @runtime_checkable
