@@ -27,7 +27,7 @@ from bench_common import Config, Setting, build, synchronize
 from PIL import Image
 
 from domainbed.datasets.transforms import TrainAugment
-from domainbed.lib.misc import sample_generator
+from domainbed.lib.seeding import sample_generator
 
 PIPELINES = ("cpu", "device")
 

@@ -176,7 +176,7 @@ def test_batched_augmentation_on_cuda_matches_the_cpu_run():
     from domainbed.datasets.augment_params import draw_params
     from domainbed.datasets.batched_augment import augment_batch
     from domainbed.datasets.transforms import IMAGENET_STD
-    from domainbed.lib.misc import sample_generator
+    from domainbed.lib.seeding import sample_generator
 
     g = torch.Generator().manual_seed(0)
     pixels = [torch.randint(0, 256, (3, 60 + 7 * i, 80 - 5 * i), dtype=torch.uint8, generator=g) for i in range(6)]

@@ -6,7 +6,7 @@ import torch
 
 from domainbed.datasets import DatasetError, build_dataset, get_dataset_class
 from domainbed.datasets.splits import in_out_split
-from domainbed.lib.misc import seed_hash
+from domainbed.lib.seeding import seed_hash
 
 
 def test_split_is_seeded_by_trial_and_env():

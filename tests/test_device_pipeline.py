@@ -28,7 +28,7 @@ from domainbed.datasets.batched_augment import adjust_hue, augment_batch, color_
 from domainbed.datasets.device_pipeline import decode_images, read_for_device, resolve_input_pipeline
 from domainbed.datasets.images import ImageFolderDomains
 from domainbed.datasets.transforms import IMAGENET_STD, TrainAugment, eval_transform
-from domainbed.lib.misc import sample_generator, sample_seed
+from domainbed.lib.seeding import sample_generator, sample_seed
 from domainbed.training.input_pipeline import device_train_loader, select_train_loader
 from domainbed.training.loaders import train_loader
 

@@ -16,8 +16,8 @@ from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import ALGORITHMS
 from domainbed.datasets import build_dataset
 from domainbed.datasets.splits import in_out_split, uda_split
-from domainbed.lib.misc import seed_hash
 from domainbed.lib.query import Q
+from domainbed.lib.seeding import seed_hash
 from domainbed.model_selection import IIDAccuracySelectionMethod, OracleSelectionMethod
 from domainbed.scripts import train
 

@@ -15,7 +15,7 @@ import pytest
 
 from domainbed import hparams_registry as hr
 from domainbed.algorithms import get_algorithm_class
-from domainbed.lib.misc import seed_hash
+from domainbed.lib.seeding import seed_hash
 
 CAD_TABLE = {
     "lmbda": (1e-1, lambda r: r.choice([1e-4, 1e-3, 1e-2, 1e-1, 1, 1e1, 1e2])),

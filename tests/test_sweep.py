@@ -21,7 +21,7 @@ import domainbed.algorithms
 import domainbed.datasets
 from domainbed.lib import resources
 from domainbed.lib.environments import check_test_envs
-from domainbed.lib.misc import seed_hash
+from domainbed.lib.seeding import seed_hash
 from domainbed.scripts import sweep
 from domainbed.sweep import jobs as sweep_jobs
 from domainbed.sweep import sweep_file

@@ -25,7 +25,7 @@ from torchvision.datasets.vision import VisionDataset
 from domainbed.datasets.bad_images import BadImageWarning, load_rgb, record_bad_image
 from domainbed.datasets.base import DatasetError
 from domainbed.datasets.transforms import TrainAugment
-from domainbed.lib.misc import sample_generator
+from domainbed.lib.seeding import sample_generator
 
 __all__ = ["IMG_EXTENSIONS", "FileListDomain", "ImageDomain"]
 

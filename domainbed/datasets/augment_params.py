@@ -4,7 +4,7 @@ Both input pipelines call :func:`draw_params`: the CPU path applies the result t
 image in a loader worker (:class:`domainbed.datasets.transforms.TrainAugment`), the device
 path to a batch of decoded images on the GPU (:mod:`domainbed.datasets.batched_augment`).
 A training sample's parameters come from a ``torch.Generator`` seeded with
-:func:`domainbed.lib.misc.sample_seed` ``(loader seed, step, position in the batch)``, so
+:func:`domainbed.lib.seeding.sample_seed` ``(loader seed, step, position in the batch)``, so
 they do not depend on which pipeline runs, on the number of loader workers, or on where a
 resumed run restarted.
 

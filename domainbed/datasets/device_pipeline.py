@@ -33,7 +33,7 @@ from domainbed.datasets.batched_augment import augment_batch
 from domainbed.datasets.images import ImageFolderDomains
 from domainbed.datasets.transforms import TrainAugment
 from domainbed.lib.errors import UserError
-from domainbed.lib.misc import sample_generator
+from domainbed.lib.seeding import sample_generator
 
 # Values of the hparam input_pipeline (declared with the family hparams, default auto).
 PIPELINES = ("auto", "cpu", "device")

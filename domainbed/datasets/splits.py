@@ -1,15 +1,46 @@
 """In/out splits of a domain, and the unlabeled split of a test domain for domain
 adaptation, seeded exactly as DomainBed does (docs/design.md). The shuffle itself is
-:func:`domainbed.lib.misc.split_dataset`."""
+:func:`split_dataset`, DomainBed's, key for key (also DomainBed's ``misc.split_dataset``)."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from domainbed.lib.errors import UserError
-from domainbed.lib.misc import seed_hash, split_dataset
+from domainbed.lib.seeding import seed_hash
 
-__all__ = ["in_out_split", "split_dataset", "uda_split"]
+__all__ = ["SplitDataset", "in_out_split", "split_dataset", "uda_split"]
+
+
+class SplitDataset(Subset):
+    """A view of ``underlying_dataset`` holding the items at ``keys`` (a ``torch`` ``Subset``,
+    under the attribute names DomainBed's scripts read; DomainBed's ``misc._SplitDataset``)."""
+
+    def __init__(self, underlying_dataset: Dataset, keys: Sequence[int]):
+        super().__init__(underlying_dataset, [int(k) for k in keys])
+
+    @property
+    def underlying_dataset(self) -> Dataset:
+        return self.dataset
+
+    @property
+    def keys(self) -> Sequence[int]:
+        return self.indices
+
+
+def split_dataset(dataset: Dataset, n: int, seed: int = 0) -> tuple[SplitDataset, SplitDataset]:
+    """Shuffle ``range(len(dataset))`` with ``np.random.RandomState(seed)`` and cut it after
+    ``n`` items: ``(first n, rest)`` as views, no data copied. DomainBed's split, key for key
+    (our in/out and domain-adaptation splits are made with it)."""
+    size = len(dataset)  # type: ignore[arg-type]
+    if not 0 <= n <= size:
+        raise ValueError(f"cannot take {n} items from a dataset of {size}")
+    keys = np.arange(size)
+    np.random.RandomState(seed).shuffle(keys)
+    return SplitDataset(dataset, keys[:n].tolist()), SplitDataset(dataset, keys[n:].tolist())
 
 
 def in_out_split(

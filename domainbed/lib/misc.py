@@ -1,11 +1,14 @@
-"""DomainBed's ``lib/misc`` helpers, and our seeding (:mod:`domainbed.lib.seeding`, re-exported).
-
-The public helpers of DomainBed's ``lib/misc.py`` under their names, for users' scripts and
-algorithms written against DomainBed (``make_weights_for_balanced_classes``,
+"""DomainBed's ``domainbed.lib.misc``: its public helpers under their names, for users'
+scripts and algorithms written against DomainBed (``make_weights_for_balanced_classes``,
 ``split_dataset``, ``random_pairs_of_minibatches``, ``accuracy``, ``Tee``, ``print_row``,
-``ParamDict``, ...). Each behaves as DomainBed's and, where the package already does the
-same job, is a thin layer over it (labels read by :mod:`domainbed.lib.loaders`, accuracy by
-:mod:`domainbed.lib.evaluation`, the split that makes our in/out splits).
+``seed_hash``, ``ParamDict``, ...).
+
+A face for users, not a base: nothing in the package imports it. Where the package does the
+same job the name is re-exported from its home (``seed_hash`` and our other seeding helpers
+from :mod:`domainbed.lib.seeding`, ``split_dataset`` from :mod:`domainbed.datasets.splits`,
+``Tee`` from :mod:`domainbed.training.tee`) or written as a thin layer over it (labels read
+as :mod:`domainbed.training.loaders` reads them, accuracy as
+:mod:`domainbed.training.evaluation` measures it); the rest is DomainBed's alone and lives here.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
+from domainbed.datasets.splits import SplitDataset as _SplitDataset
+from domainbed.datasets.splits import split_dataset
 from domainbed.lib.seeding import (
     rng_state,
     sample_generator,
@@ -38,34 +43,6 @@ __all__ = [
     "random_pairs_of_minibatches", "rng_state", "sample_generator", "sample_seed", "seed_hash",
     "set_global_seed", "set_rng_state", "split_dataset",
 ]
-
-
-class _SplitDataset(Subset):
-    """A view of ``underlying_dataset`` holding the items at ``keys`` (a ``torch`` ``Subset``,
-    under the attribute names DomainBed's scripts read)."""
-
-    def __init__(self, underlying_dataset: Dataset, keys: Sequence[int]):
-        super().__init__(underlying_dataset, [int(k) for k in keys])
-
-    @property
-    def underlying_dataset(self) -> Dataset:
-        return self.dataset
-
-    @property
-    def keys(self) -> Sequence[int]:
-        return self.indices
-
-
-def split_dataset(dataset: Dataset, n: int, seed: int = 0) -> tuple[_SplitDataset, _SplitDataset]:
-    """Shuffle ``range(len(dataset))`` with ``np.random.RandomState(seed)`` and cut it after
-    ``n`` items: ``(first n, rest)`` as views, no data copied. DomainBed's split, key for key
-    (our in/out and domain-adaptation splits are made with it)."""
-    size = len(dataset)  # type: ignore[arg-type]
-    if not 0 <= n <= size:
-        raise ValueError(f"cannot take {n} items from a dataset of {size}")
-    keys = np.arange(size)
-    np.random.RandomState(seed).shuffle(keys)
-    return _SplitDataset(dataset, keys[:n].tolist()), _SplitDataset(dataset, keys[n:].tolist())
 
 
 def make_weights_for_balanced_classes(dataset: Dataset) -> torch.Tensor:
@@ -100,7 +77,7 @@ def accuracy(network: torch.nn.Module, loader: Iterable[tuple[torch.Tensor, torc
     (in loader order; None: all 1). A network with one output is read as a binary
     classifier (``logit > 0``). Leaves the network in training mode, as DomainBed's does.
 
-    Unweighted multi-class accuracy is :func:`domainbed.lib.evaluation.evaluate`'s (the
+    Unweighted multi-class accuracy is :func:`domainbed.training.evaluation.evaluate`'s (the
     network's own input path and precision when it is an Algorithm)."""
     if weights is None and isinstance(network, InputPolicy):
         acc, _ = evaluate(network, loader)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 from domainbed import datasets
 from domainbed.launchers import Job
 from domainbed.lib.environments import check_test_envs
-from domainbed.lib.misc import seed_hash
+from domainbed.lib.seeding import seed_hash
 
 _NOT_HASHED = ("output_dir", "device")
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from domainbed.lib.misc import rng_state, set_rng_state
+from domainbed.lib.seeding import rng_state, set_rng_state
 from domainbed.training.atomic_files import clean_temp_files, read_jsonl, rewrite_jsonl
 from domainbed.training.integrity import load_newest_intact
 

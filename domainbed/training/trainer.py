@@ -26,7 +26,7 @@ from domainbed.datasets import build_dataset
 from domainbed.datasets.bad_images import bad_image_count
 from domainbed.datasets.splits import in_out_split, uda_split
 from domainbed.lib.errors import UserError
-from domainbed.lib.misc import seed_hash, set_global_seed
+from domainbed.lib.seeding import seed_hash, set_global_seed
 from domainbed.training.arguments import resolve_device, resolve_hparams
 from domainbed.training.atomic_files import append_jsonl, read_jsonl, save_verified
 from domainbed.training.best_model import BestModelKeeper
