@@ -5,5 +5,7 @@
 - :mod:`.export`: which run and step a selection rule picks, and where its weights are;
 - :mod:`.images`: image files and folders as inputs (transform, layouts, unreadable files);
 - :mod:`.report`: per-domain metrics of a model (accuracy, per class, macro-F1, calibration),
-  their table and reliability diagram.
+  their table and reliability diagram;
+- :mod:`.feature_drift`: how far a finished job's features moved from the pre-trained prior's
+  on its held-out domain (linear CKA, mean squared distance).
 """
