@@ -1,15 +1,17 @@
 """Feature drift from the prior: linear CKA and mean squared distance (checked against
-independent computations and hand-worked examples), one job's measurement, and the command
-line (resumable, skips)."""
+independent computations and hand-worked examples), one job's measurement, the command
+line (resumable, skips), and the evidence v3 report's drift table."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -29,6 +31,8 @@ from domainbed.scripts import feature_drift as script
 from domainbed.scripts import train
 from domainbed.training.atomic_files import save_verified
 from domainbed.training.integrity import load_verified
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- the measures
 
@@ -271,3 +275,36 @@ def test_a_pretrained_job_starts_at_the_prior(tmp_path):
     drift = measure_job(job)
     assert (drift.prior, drift.bn, drift.image_size, drift.n) == ("pretrained", "running", 32, drift.n_domain)
     assert drift.cka > 0.999 and drift.msd < 1e-3 * drift.prior_spread
+
+
+# ----------------------------------------------------------------------------- the evidence report
+
+
+def report_module():
+    spec = importlib.util.spec_from_file_location("make_report_v3_drift", REPO / "docs" / "evidence" / "v3" /
+                                                  "make_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_drift_table_joins_on_recorded_jobs_and_is_absent_without_the_file(tmp_path, monkeypatch):
+    report = report_module()
+    monkeypatch.setattr(report, "DRIFT", tmp_path / "drift.jsonl")
+    records = pd.DataFrame({
+        "output_dir": ["/x/records/a", "/x/records/a", "/x/records/b", "/x/records/c"],
+        "dataset": ["RotatedMNISTSubset 64px"] * 3 + ["RotatedMNISTSubset 128px"],
+        "algorithm": ["ERM", "ERM", "ERM", "ERM_FTLP"],
+    })
+    assert report.drift_lines(records) == []
+    rows = [{"job": "a", "cka": 0.5, "msd": 10.0, "prior_spread": 20.0},
+            {"job": "b", "cka": 0.7, "msd": 30.0, "prior_spread": 20.0},
+            {"job": "c", "cka": 0.9, "msd": 1.0, "prior_spread": 4.0},
+            {"job": "not_recorded", "cka": 0.1, "msd": 1.0, "prior_spread": 1.0}]
+    (tmp_path / "drift.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = report.drift_lines(records)
+    assert lines[0] == "## Feature drift on the held-out domain"
+    table = [line for line in lines if line.startswith("| RotatedMNISTSubset")]
+    # 64 px before 128 px; ERM: mean 0.6, SE = std(0.5, 0.7) / √2 = 0.1; MSD mean 20, over spread 1.0.
+    assert table == ["| RotatedMNISTSubset 64px | ERM | 0.600 ± 0.100 | 20 | 1.00 | 2 |",
+                     "| RotatedMNISTSubset 128px | ERM_FTLP | 0.900 | 1 | 0.25 | 1 |"]

@@ -9,7 +9,9 @@ Run from the repository root. Reads:
 * ``docs/evidence/v2/records``: the 32 px cells (ERM, ERM_FTLP, the shuffled-prior control,
   MIRO as published; batch statistics), restricted to the two test domains of the map;
 * ``docs/evidence/v3/pilot``: ERM's learning curves (``run_pilot.sh``);
-* ``docs/evidence/v3/probe/*.json``: ``probe_prior``'s held-out accuracy and feature scales.
+* ``docs/evidence/v3/probe/*.json``: ``probe_prior``'s held-out accuracy and feature scales;
+* ``docs/evidence/v3/drift.jsonl``, when present: ``feature_drift``'s per-job CKA and distance
+  from the prior on the test domain (map.md's feature-drift table; without it, no table).
 
 Writes into ``--out`` (default docs/evidence/v3): ``map.md`` (per cell: the probe's held-out
 accuracy, each arm's test accuracy, each comparison's paired gain with its 95 % interval,
@@ -57,6 +59,7 @@ RECORDS = HERE / "records"
 V2_RECORDS = HERE.parent / "v2" / "records"
 PILOT = HERE / "pilot"
 PROBE = HERE / "probe"
+DRIFT = HERE / "drift.jsonl"  # domainbed.scripts.feature_drift over the records' jobs
 TEST_ENV = {"OfflineDigits": 1, "RotatedMNISTSubset": 5}  # mnist_m, 75 degrees
 V2_ARMS = ("ERM", "ERM_FTLP", "ERM_FTLP_ShuffledPrior", "MIRO")
 COMPARISONS = (
@@ -154,12 +157,46 @@ def markdown(gains: pd.DataFrame, arms: pd.DataFrame, records: pd.DataFrame) -> 
             se = "" if math.isnan(a["se"]) else f" ± {a['se']:.1f}"
             lines.append(f"| {a['dataset']} | {a['algorithm']} | {a['mean']:.1f}{se} | {a['n']} |")
         lines.append("")
+    lines += drift_lines(records)
     lines += miro_scale_lines()
     hours = records.groupby("output_dir")["step_time"].sum().sum() / 3600 if "step_time" in records else 0.0
     lines += ["## Compute", "",
               f"{records['output_dir'].nunique()} finished jobs in these cells; the sum of their per-step times "
               f"over the checkpoints' intervals is a lower bound of their training time: {hours:.1f} h.", ""]
     return "\n".join(lines)
+
+
+def drift_lines(records: pd.DataFrame) -> list[str]:
+    """Per cell and arm, how far the final features moved from the prior's on the test domain
+    (``drift.jsonl``, one line per job, joined to the records by job folder); nothing without it."""
+    if not DRIFT.exists():
+        return []
+    drift = pd.DataFrame([json.loads(line) for line in DRIFT.read_text().splitlines() if line.strip()])
+    jobs = records.groupby("output_dir")[["dataset", "algorithm"]].first()
+    jobs.index, jobs.columns = [Path(d).name for d in jobs.index], ["cell", "arm"]
+    if drift.empty:
+        return []
+    drift = drift.join(jobs, on="job", how="inner")
+    if drift.empty:
+        return []
+    lines = ["## Feature drift on the held-out domain", "",
+             "Each job's final pooled features against the frozen prior's on the cell's test domain (all its "
+             "images, a seeded subset of 2,000 above that; BatchNorm as the job trained; "
+             "`python -m domainbed.scripts.feature_drift`): linear CKA (1: the prior's features up to a rotation "
+             "and scale), mean ± SE over jobs (SE = sample std / √n); the mean squared distance per image (summed "
+             "over feature dimensions); and that distance over the prior's own spread on the same images (1: as far "
+             "as the prior's features lie from their mean).", "",
+             "| cell | arm | CKA | MSD | MSD ÷ prior spread | n |", "|---|---|---|---|---|---|"]
+    drift["relative"] = drift["msd"] / drift["prior_spread"]
+    order = sorted(drift.groupby(["cell", "arm"]).groups,
+                   key=lambda k: (k[0].split()[0], int(k[0].split()[1][:-2]), k[1]))
+    for cell, arm in order:
+        part = drift[(drift["cell"] == cell) & (drift["arm"] == arm)]
+        n = len(part)
+        se = part["cka"].std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+        cka = f"{part['cka'].mean():.3f}" + ("" if math.isnan(se) else f" ± {se:.3f}")
+        lines.append(f"| {cell} | {arm} | {cka} | {part['msd'].mean():.3g} | {part['relative'].mean():.2f} | {n} |")
+    return lines + [""]
 
 
 def miro_scale_lines() -> list[str]:
