@@ -306,5 +306,5 @@ def test_report_drift_table_joins_on_recorded_jobs_and_is_absent_without_the_fil
     assert lines[0] == "## Feature drift on the held-out domain"
     table = [line for line in lines if line.startswith("| RotatedMNISTSubset")]
     # 64 px before 128 px; ERM: mean 0.6, SE = std(0.5, 0.7) / √2 = 0.1; MSD mean 20, over spread 1.0.
-    assert table == ["| RotatedMNISTSubset 64px | ERM | 0.600 ± 0.100 | 20 | 1.00 | 2 |",
-                     "| RotatedMNISTSubset 128px | ERM_FTLP | 0.900 | 1 | 0.25 | 1 |"]
+    assert table == ["| RotatedMNISTSubset 64px | ERM | 0.600 ± 0.100 | 20.0 | 1.00 | 2 |",
+                     "| RotatedMNISTSubset 128px | ERM_FTLP | 0.900 | 1.0 | 0.25 | 1 |"]

@@ -195,7 +195,7 @@ def drift_lines(records: pd.DataFrame) -> list[str]:
         n = len(part)
         se = part["cka"].std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
         cka = f"{part['cka'].mean():.3f}" + ("" if math.isnan(se) else f" ± {se:.3f}")
-        lines.append(f"| {cell} | {arm} | {cka} | {part['msd'].mean():.3g} | {part['relative'].mean():.2f} | {n} |")
+        lines.append(f"| {cell} | {arm} | {cka} | {part['msd'].mean():.1f} | {part['relative'].mean():.2f} | {n} |")
     return lines + [""]
 
 
