@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from domainbed.algorithms.ftlp import ERM_FTLP
+from domainbed.algorithms.ftlp.variants import ERM_FTLP
 from domainbed.networks import Features
 
 

@@ -20,8 +20,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from domainbed.algorithms.ftlp.diagnostics import dead_channel_fraction
 from domainbed.datasets import build_dataset
-from domainbed.lib.prior_diagnostics import dead_channel_fraction
 from domainbed.networks import build_featurizer
 
 

@@ -7,7 +7,8 @@
 
 Nothing is declared here: each dataset class declares the hparams every algorithm gets on
 it and its own defaults (``MultipleDomainDataset.HPARAMS``, ``HPARAM_DEFAULTS``), each
-algorithm class its own hparams (``Algorithm.HPARAMS``); subclasses inherit their bases'.
+algorithm class its own hparams (``Algorithm.HPARAMS``, with the per-dataset defaults a
+method published: SWAD's tolerance, MIRO's λ); subclasses inherit their bases'.
 This module merges them and samples. Defaults and draws equal DomainBed's except for our
 own hparams (tests/test_hparams_domainbed.py lists them).
 """
@@ -36,9 +37,10 @@ def hparam_specs(algorithm: str, dataset: str | type[MultipleDomainDataset]) -> 
     In order: the dataset's ``hparam_specs()`` (those every algorithm has there); the
     algorithm's, which win (ARM's fixed batch_size), ``PerFamily`` ones resolved by the
     dataset's ``HPARAM_FAMILY``, ``PerDataset`` ones by its class name or family (``None``
-    keeps the dataset's own); then the dataset's ``HPARAMS_FOLLOW`` and its
-    ``hparam_defaults()``, which change only hparams already there (a dataset's
-    ``ftlp_lambda`` reaches only algorithms that declare it) and keep their distributions.
+    keeps the dataset's own; a method's published per-dataset defaults, ``HParam.on_datasets``,
+    are ``PerDataset`` too); then the dataset's ``HPARAMS_FOLLOW`` and its
+    ``hparam_defaults()``, which change only hparams already there and keep their
+    distributions.
     """
     data = dataset if isinstance(dataset, type) else get_dataset_class(dataset)
     family = data.HPARAM_FAMILY

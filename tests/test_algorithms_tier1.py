@@ -20,12 +20,12 @@ from domainbed.algorithms.groupdro import groupdro_weights
 from domainbed.algorithms.irm import irm_penalty
 from domainbed.algorithms.mldg import meta_train_test_pairs
 from domainbed.algorithms.mmd import mmd_penalty
+from domainbed.algorithms.penalties import coral_penalty
 from domainbed.algorithms.rsc import rsc_feature_mask, rsc_sample_mask
 from domainbed.algorithms.sagnet import randomize_content, randomize_style
 from domainbed.algorithms.vrex import vrex_penalty
 from domainbed.datasets import build_dataset
 from domainbed.lib.errors import UserError
-from domainbed.lib.penalties import coral_penalty
 from domainbed.training.atomic_files import save_verified
 from domainbed.training.integrity import load_verified
 

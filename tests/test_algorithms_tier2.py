@@ -29,11 +29,11 @@ from domainbed.algorithms.fishr import (
 )
 from domainbed.algorithms.ib import ib_penalty, irm_penalty
 from domainbed.algorithms.iga import iga_penalty
+from domainbed.algorithms.penalties import coral_penalty
 from domainbed.algorithms.sd import spectral_decoupling_penalty
 from domainbed.algorithms.selfreg import in_class_partners, selfreg_regularizer
 from domainbed.algorithms.trm import neumann_inverse_hvp
 from domainbed.datasets import build_dataset
-from domainbed.lib.penalties import coral_penalty
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from torch.distributions import Normal, kl_divergence
 
 from domainbed import hparams_registry
 from domainbed.algorithms import algorithm_names, get_algorithm_class
-from domainbed.algorithms.ftlp_config import FTLPConfig
-from domainbed.algorithms.ftlp_prior import PriorKL
+from domainbed.algorithms.ftlp.config import FTLPConfig
+from domainbed.algorithms.ftlp.prior import PriorKL
 from domainbed.algorithms.registry import declaration
 from domainbed.datasets import build_dataset
 

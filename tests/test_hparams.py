@@ -95,7 +95,7 @@ def test_a_subclass_redeclaring_a_value_keeps_the_help():
 
 def test_dataset_defaults_and_distributions_are_read_from_the_dataset_class(monkeypatch):
     assert not any(hasattr(hr, name) for name in ("DATASET_DEFAULTS", "DATASET_SPECS", "CALIBRATED_FAMILIES"))
-    assert DomainNet.HPARAM_DEFAULTS["ftlp_lambda"] == hr.default_hparams("ERM_FTLP", "DomainNet")["ftlp_lambda"] == 0.1
+    assert "HPARAM_DEFAULTS" not in vars(DomainNet) and hr.default_hparams("ERM_FTLP", "DomainNet")["ftlp_lambda"] == 0.1
     monkeypatch.setattr(DomainNet, "HPARAM_DEFAULTS", {"ftlp_lambda": 0.7})
     monkeypatch.setattr(DomainNet, "HPARAMS", {"batch_size": HParam(12, hr.pow2_int(2, 3))})
     assert hr.default_hparams("ERM_FTLP", "DomainNet")["ftlp_lambda"] == 0.7
@@ -114,7 +114,27 @@ def test_families_are_declared_on_their_base_classes(tmp_path):
     (tmp_path / "domain" / "class").mkdir(parents=True)
     folder = hr.default_hparams("ERM_FTLP", str(tmp_path))
     assert (folder["backbone"], folder["lr"], folder["batch_size"]) == ("resnet50", 5e-5, 32)
-    assert folder["ftlp_lambda"] == get_algorithm_class("ERM_FTLP").hparam_specs()["ftlp_lambda"].default != 0.01
+    assert folder["ftlp_lambda"] == get_algorithm_class("ERM_FTLP").hparam_specs()["ftlp_lambda"].otherwise.default == 0.1
+
+
+def test_a_method_declares_its_per_dataset_defaults_on_its_own_hparam():
+    datasets = ("PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet", "Debug28")
+    # MIRO's published lambda, for MIRO and every FT-LP variant; SWAD's tolerance on VLCS.
+    for algorithm in ("MIRO", "ERM_FTLP", "CORAL_FTLP", "SWAD_FTLP"):
+        assert [hr.default_hparams(algorithm, d)["ftlp_lambda"] for d in datasets] == [0.01, 0.01, 0.1, 0.1, 0.1, 0.1]
+    for algorithm in ("SWAD", "SWAD_FTLP"):
+        assert [hr.default_hparams(algorithm, d)["swad_tolerance_ratio"] for d in datasets] == [0.3, 0.2, 0.3, 0.3, 0.3, 0.3]
+    # Only the default changes: the distribution (so every draw) and the help stay.
+    seed = seed_hash(5, 0)
+    assert hr.random_hparams("MIRO", "PACS", seed)["ftlp_lambda"] == hr.random_hparams("MIRO", "OfficeHome", seed)["ftlp_lambda"]
+    spec = HParam(0.3, hr.uniform(0, 1), "a ratio").on_datasets(VLCS=0.2)
+    assert spec.resolve("image", "VLCS") == HParam(0.2, spec.otherwise.sample, "a ratio")
+    assert spec.resolve("image", "PACS") is spec.otherwise
+    # No dataset declares a method's value.
+    from domainbed.datasets import dataset_names
+
+    assert not any({"ftlp_lambda", "swad_tolerance_ratio"} & set(get_dataset_class(d).hparam_defaults())
+                   for d in dataset_names())
 
 
 def test_categorical_hparams_refuse_values_outside_their_choices_at_start_up():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from domainbed import hparams_registry
 from domainbed.algorithms import get_algorithm_class
-from domainbed.algorithms.ftlp_config import FTLPConfig
+from domainbed.algorithms.ftlp.config import FTLPConfig
 from domainbed.datasets import build_dataset
 from domainbed.lib.errors import UserError
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from domainbed.algorithms.ftlp_prior import channel_variance
-from domainbed.algorithms.ftlp_probe import (
+from domainbed.algorithms.ftlp.prior import channel_variance
+from domainbed.algorithms.ftlp.probe import (
     ChannelStats,
     batchnorm_mode,
     build_prior,

@@ -1,9 +1,13 @@
 """Algorithms, one file per family; importing this package registers them all.
 
-Every module in this folder is imported (a new algorithm is one new file with
-``@register_algorithm``). Then the FT-LP rule runs once: each registered base algorithm
-that declares ``EXPOSES_FEATURES = True`` gets its ``<Name>_FTLP`` variant
-(:func:`domainbed.algorithms.ftlp.register_ftlp_variants`).
+Every module and sub-package in this folder is imported (a new algorithm is one new file
+with ``@register_algorithm``; a method made of several files is a sub-package whose
+``__init__`` imports them: ``swad/``, ``ftlp/``). Then the FT-LP rule runs once: each
+registered base algorithm that declares ``EXPOSES_FEATURES = True`` gets its
+``<Name>_FTLP`` variant (:func:`domainbed.algorithms.ftlp.register_ftlp_variants`).
+
+Besides the classes, the registry answers what the results code asks of an algorithm
+(:func:`comparisons`, :func:`reports_averaged_model`), from what each registration declared.
 """
 
 from domainbed.algorithms.base import Algorithm

@@ -15,9 +15,9 @@ import torch
 
 from domainbed.algorithms._support import domain_risks, pool
 from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches
+from domainbed.algorithms.penalties import coral_penalty
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.hparam import HParam, log_uniform
-from domainbed.lib.penalties import coral_penalty
 
 MMD_GAMMAS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 

@@ -6,9 +6,9 @@ import torch
 
 from domainbed.algorithms._support import domain_risks, mean_over_domain_pairs, pool
 from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches
+from domainbed.algorithms.penalties import coral_penalty
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.hparam import HParam, log_uniform
-from domainbed.lib.penalties import coral_penalty
 
 
 @register_algorithm

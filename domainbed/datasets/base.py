@@ -85,7 +85,8 @@ class MultipleDomainDataset:
         **OPTIM_HPARAMS,
     }
     # Applied after the algorithm's own hparams, and only to hparams it has; the algorithm's
-    # distribution is kept (MIRO's published ftlp_lambda per dataset, say).
+    # distribution is kept. Dataset facts only (Debug224's small untrained backbone, say): a
+    # method's per-dataset values are declared in the method's file (HParam.on_datasets).
     HPARAM_DEFAULTS: ClassVar[dict[str, Any]] = {}
     # hparam -> family hparam whose default and distribution it takes instead of the
     # algorithm's (for families whose lr / weight_decay we calibrated ourselves).

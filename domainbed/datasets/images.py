@@ -138,28 +138,24 @@ class _NamedImageDataset(ImageFolderDomains):
 class VLCS(_NamedImageDataset):
     SUBFOLDER = "VLCS"
     ENVIRONMENTS = ["C", "L", "S", "V"]
-    HPARAM_DEFAULTS = {"ftlp_lambda": 0.01}  # MIRO's published lambda (ResNet-50)
 
 
 @register_dataset
 class PACS(_NamedImageDataset):
     SUBFOLDER = "PACS"
     ENVIRONMENTS = ["A", "C", "P", "S"]
-    HPARAM_DEFAULTS = {"ftlp_lambda": 0.01}  # MIRO's published lambda (ResNet-50)
 
 
 @register_dataset
 class OfficeHome(_NamedImageDataset):
     SUBFOLDER = "office_home"
     ENVIRONMENTS = ["A", "C", "P", "R"]
-    HPARAM_DEFAULTS = {"ftlp_lambda": 0.1}  # MIRO's published lambda (ResNet-50)
 
 
 @register_dataset
 class TerraIncognita(_NamedImageDataset):
     SUBFOLDER = "terra_incognita"
     ENVIRONMENTS = ["L100", "L38", "L43", "L46"]
-    HPARAM_DEFAULTS = {"ftlp_lambda": 0.1}  # MIRO's published lambda (ResNet-50)
 
 
 @register_dataset
@@ -172,4 +168,3 @@ class DomainNet(_NamedImageDataset):
     N_STEPS = 5001
     # DomainBed draws DomainNet's batch size from 2**U(3, 5), not 2**U(3, 5.5).
     HPARAMS = {"batch_size": HParam(32, pow2_int(3, 5), "per-domain minibatch size")}
-    HPARAM_DEFAULTS = {"ftlp_lambda": 0.1}  # MIRO's published lambda (ResNet-50)

@@ -5,7 +5,7 @@ other domains, scored on the held-out one; and for every layer FT-LP or MIRO wou
 the dead-channel fraction and the per-channel feature variance. The prior is built from the
 same hparams as training (backbone, image_size, freeze_bn, weights), and images use the
 evaluation transform. Writes a table, a JSON file and a plain reading per domain. The logic
-lives in :mod:`domainbed.algorithms.ftlp_probe`.
+lives in :mod:`domainbed.algorithms.ftlp.probe`.
 
     python -m domainbed.scripts.probe_prior --dataset OfflineDigits --data_dir ./domainbed/data/ \\
         --hparams '{"image_size": 64, "freeze_bn": true}'
@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from domainbed import hparams_registry
-from domainbed.algorithms.ftlp_probe import probe_prior
+from domainbed.algorithms.ftlp.probe import probe_prior
 from domainbed.datasets import build_dataset
 from domainbed.lib.errors import UserError
 from domainbed.networks.backbones import resolve_backbone_name

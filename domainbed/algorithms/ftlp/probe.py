@@ -9,22 +9,22 @@ features carry information about it. This module measures that, in seconds to mi
   on the prior's pooled features of the other domains and scored on the held-out one.
 * **Liveness and scale of every layer FT-LP or MIRO would regularise** (the stem/stage outputs
   and the final pooled features): the fraction of *dead* channels (constant over the probe
-  images, :func:`~domainbed.lib.prior_diagnostics.dead_channel_fraction`, the test FT-LP's
+  images, :func:`~domainbed.algorithms.ftlp.diagnostics.dead_channel_fraction`, the test FT-LP's
   start-up report uses), of *zero* channels (``|activation| <= tol`` at every position of every
   image), and the per-channel feature variance (mean, median and range over channels). MIRO's
   published variance starts at 0.1 whatever that scale is; FT-LP's calibrated σ²_Q follows it.
 
 The prior is built exactly as training builds it: :func:`~domainbed.networks.build_featurizer`
 from the hparams (backbone, pretrained weights, ``freeze_bn``), then
-:func:`~domainbed.algorithms.ftlp_prior.frozen_prior`, its BatchNorm mode following the trained
-network in training mode (:func:`~domainbed.algorithms.ftlp_prior.sync_batchnorm_mode`). With
+:func:`~domainbed.algorithms.ftlp.prior.frozen_prior`, its BatchNorm mode following the trained
+network in training mode (:func:`~domainbed.algorithms.ftlp.prior.sync_batchnorm_mode`). With
 frozen BatchNorm (running statistics) a feature does not depend on the batch. With batch
 statistics, the batches mix the domains in a fixed random order, ``batch_size`` × (number of
 training domains) images each, as in a training step, so that no domain is normalised on its own
 (that would adapt to the held-out domain, which training never does).
 
-The command line is ``python -m domainbed.scripts.probe_prior``; README.md, "FT-LP", says when
-to run it.
+The command line is ``python -m domainbed.scripts.probe_prior``; docs/ftlp.md, "Which layers
+carry information", says when to run it.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from domainbed.algorithms.ftlp_prior import frozen_prior, sync_batchnorm_mode
+from domainbed.algorithms.ftlp.diagnostics import MOSTLY_DEAD, dead_channel_fraction
+from domainbed.algorithms.ftlp.prior import frozen_prior, sync_batchnorm_mode
 from domainbed.lib.errors import UserError
-from domainbed.lib.prior_diagnostics import MOSTLY_DEAD, dead_channel_fraction
 from domainbed.networks import build_featurizer
 
 # Readings of a held-out accuracy ``a`` with chance ``c = 1 / num_classes``, on the scale
@@ -74,7 +74,7 @@ class ChannelStats:
     be kept: 4,000 images of a 128-px stem would take a gigabyte).
 
     ``update(f)`` takes ``(N, C)`` or ``(N, C, H, W)``. The variance is over every other
-    dimension (images and positions) with ddof 0, as :func:`~domainbed.algorithms.ftlp_prior.
+    dimension (images and positions) with ddof 0, as :func:`~domainbed.algorithms.ftlp.prior.
     channel_variance` measures it, merged across batches exactly (Chan et al.'s pairwise update,
     in float64). Per-image spatial means are kept, ``(N, C)``, for the dead-channel test.
     """

@@ -1,5 +1,5 @@
 """FT-LP's prior module: per-layer variances, the KL, posterior noise at stage outputs, and
-the BatchNorm mode shared by the prior and the trained network (see ``ftlp.py``)."""
+the BatchNorm mode shared by the prior and the trained network (see ``mixin.py``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from domainbed.algorithms.ftlp_config import ABSOLUTE_VAR_FLOOR, LEARNED_VAR_FLOOR, RELATIVE_VAR_FLOOR, FTLPConfig
+from domainbed.algorithms.ftlp.config import ABSOLUTE_VAR_FLOOR, LEARNED_VAR_FLOOR, RELATIVE_VAR_FLOOR, FTLPConfig
+from domainbed.algorithms.ftlp.gaussian import gaussian_kl, gaussian_neg_log_prior, inverse_softplus, positive_variance
 from domainbed.lib.errors import UserError
-from domainbed.lib.penalties import gaussian_kl, gaussian_neg_log_prior, inverse_softplus, positive_variance
 
 _BN = nn.modules.batchnorm._BatchNorm
 

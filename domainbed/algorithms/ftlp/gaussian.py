@@ -1,34 +1,31 @@
-"""Plain, differentiable penalty functions (docs/design.md).
+"""The Gaussian terms of FT-LP's prior (arXiv 2406.05628) and MIRO's regulariser (arXiv 2203.10789).
 
-Each function here is usable outside the trainer and is tested alone:
+Plain, differentiable functions, usable outside the trainer and tested alone
+(tests/test_ftlp_gaussian.py):
 
-- :func:`coral_penalty` -- the CORAL alignment term (Sun & Saenko, arXiv 1607.01719),
-  as DomainBed's CORAL algorithm uses it.
-- :func:`gaussian_kl` -- closed-form KL between diagonal Gaussians, the FT-LP
-  regulariser (arXiv 2406.05628).
+- :func:`gaussian_kl` -- closed-form KL between diagonal Gaussians, the FT-LP regulariser.
 - :func:`gaussian_neg_log_prior` -- the MAP (point-posterior) reduction of that KL,
-  which is MIRO's regulariser (arXiv 2203.10789).
+  which is MIRO's regulariser.
 - :func:`positive_variance` / :func:`inverse_softplus` -- the parameterisation of a
   learned per-channel variance and its initialisation.
 
-All of them compute in fp32 even when called with bf16/fp16 tensors inside an autocast
-region: the terms subtract nearly equal numbers (covariances, ``log var_q - log var_p``),
-which half precision cannot resolve.
+They compute in fp32 even under bf16/fp16 autocast (``log var_q - log var_p`` subtracts
+nearly equal numbers), as every penalty of :mod:`domainbed.algorithms.penalties` does.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import ContextManager, Literal, Union
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from domainbed.algorithms.penalties import fp32_region, to_fp32
+
 __all__ = [
     "DEFAULT_VARIANCE_FLOOR",
     "Reduction",
-    "coral_penalty",
     "gaussian_kl",
     "gaussian_neg_log_prior",
     "inverse_softplus",
@@ -41,19 +38,6 @@ Reduction = Literal["none", "mean", "sum"]
 DEFAULT_VARIANCE_FLOOR = 1e-5
 
 _REDUCTIONS = ("none", "mean", "sum")
-
-
-def _fp32_region(*tensors: Tensor) -> ContextManager[None]:
-    """A context that switches autocast off on the tensors' device type.
-
-    Casting inputs up is not enough on its own: inside an autocast region, ops such as
-    ``matmul`` would cast them straight back down.
-    """
-    device_type = tensors[0].device.type
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    # Devices without autocast (e.g. "meta") cannot be in an autocast region anyway.
-    return contextlib.nullcontext()
 
 
 def _check_reduction(reduction: str) -> None:
@@ -69,54 +53,6 @@ def _reduce(values: Tensor, reduction: str) -> Tensor:
     if reduction == "sum":
         return values.sum()
     return values
-
-
-def _to_fp32(t: Tensor) -> Tensor:
-    # Keep fp64 as it is: only half precisions are promoted.
-    return t if t.dtype == torch.float64 else t.float()
-
-
-def coral_penalty(x: Tensor, y: Tensor) -> Tensor:
-    """CORAL distance between two batches of features (Sun & Saenko, arXiv 1607.01719).
-
-    The DomainBed form: the mean over features of the squared difference of the feature
-    means, plus the mean over entries of the squared difference of the covariance
-    matrices, the covariances with the unbiased ``n - 1`` normalisation.
-
-    Args:
-        x: features of one domain, shape ``(n_x, d)``, ``n_x >= 2``.
-        y: features of another domain, shape ``(n_y, d)``, ``n_y >= 2``.
-
-    Returns:
-        A scalar fp32 tensor (fp64 if both inputs are fp64), differentiable in both inputs.
-    """
-    if x.dim() != 2 or y.dim() != 2:
-        raise ValueError(
-            f"coral_penalty expects 2-D feature batches (n, d); got shapes "
-            f"{tuple(x.shape)} and {tuple(y.shape)}. Flatten the features first."
-        )
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(
-            f"coral_penalty needs the same feature width in both batches; got "
-            f"{x.shape[1]} and {y.shape[1]}."
-        )
-    if x.shape[0] < 2 or y.shape[0] < 2:
-        raise ValueError(
-            "coral_penalty needs at least 2 samples per batch for an unbiased covariance; "
-            f"got {x.shape[0]} and {y.shape[0]}. Increase the batch size."
-        )
-    with _fp32_region(x, y):
-        x = _to_fp32(x)
-        y = _to_fp32(y)
-        mean_x = x.mean(dim=0, keepdim=True)
-        mean_y = y.mean(dim=0, keepdim=True)
-        centred_x = x - mean_x
-        centred_y = y - mean_y
-        cov_x = centred_x.T @ centred_x / (x.shape[0] - 1)
-        cov_y = centred_y.T @ centred_y / (y.shape[0] - 1)
-        mean_term = (mean_x - mean_y).pow(2).mean()
-        cov_term = (cov_x - cov_y).pow(2).mean()
-        return mean_term + cov_term
 
 
 def gaussian_kl(
@@ -148,8 +84,8 @@ def gaussian_kl(
             over all elements.
     """
     _check_reduction(reduction)
-    with _fp32_region(mu_p, var_p, mu_q, var_q):
-        mu_p, var_p, mu_q, var_q = (_to_fp32(t) for t in (mu_p, var_p, mu_q, var_q))
+    with fp32_region(mu_p, var_p, mu_q, var_q):
+        mu_p, var_p, mu_q, var_q = (to_fp32(t) for t in (mu_p, var_p, mu_q, var_q))
         # Written with the ratio var_p / var_q: ratio - log(ratio) - 1 is exactly 0 at
         # ratio == 1 and avoids subtracting two large logs.
         ratio = var_p / var_q
@@ -179,8 +115,8 @@ def gaussian_neg_log_prior(
     Computed in fp32 with autocast off (see :func:`gaussian_kl`); returns fp32.
     """
     _check_reduction(reduction)
-    with _fp32_region(mu, mu_q, var_q):
-        mu, mu_q, var_q = (_to_fp32(t) for t in (mu, mu_q, var_q))
+    with fp32_region(mu, mu_q, var_q):
+        mu, mu_q, var_q = (to_fp32(t) for t in (mu, mu_q, var_q))
         nll = 0.5 * ((mu - mu_q).pow(2) / var_q + torch.log(var_q))
         return _reduce(nll, reduction)
 

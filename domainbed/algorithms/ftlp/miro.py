@@ -20,8 +20,8 @@ scale per layer.
 from __future__ import annotations
 
 from domainbed.algorithms.erm import ERM
-from domainbed.algorithms.ftlp import FTLP
-from domainbed.algorithms.ftlp_config import FTLP_HPARAMS, FTLPConfig
+from domainbed.algorithms.ftlp.config import FTLP_HPARAMS, MIRO_PUBLISHED_LAMBDA, FTLPConfig
+from domainbed.algorithms.ftlp.mixin import FTLP
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, log_uniform
@@ -35,7 +35,8 @@ class MIRO(FTLP, ERM):
     """Mutual-information regularisation with the oracle, via FT-LP's prior module."""
 
     HPARAMS = {
-        "ftlp_lambda": HParam(0.1, log_uniform(-3, 0), "MIRO's λ (0.01 PACS/VLCS, 0.1 OfficeHome/TerraInc/DomainNet)"),
+        "ftlp_lambda": HParam(0.1, log_uniform(-3, 0), "MIRO's λ (0.01 PACS/VLCS, 0.1 OfficeHome/TerraInc/DomainNet)"
+                              ).on_datasets(**MIRO_PUBLISHED_LAMBDA),
         "miro_var_init": HParam("published", help="start of the learned per-channel variance: published (0.1) or "
                                                   "prior (the prior's per-channel feature variance on the first batch)",
                                 choices=tuple(MIRO_VAR_INITS)),

@@ -1,36 +1,11 @@
-"""FT-LP: Fine-Tuning with Large-scale pre-trained Priors (arXiv 2406.05628), version 2.
+"""The FT-LP mixin (arXiv 2406.05628): the prior's KL added to any base algorithm's loss.
 
-Plain fine-tuning uses the pre-trained network only as a starting point. FT-LP keeps a
-frozen copy ``f_0`` of it as a *prior* and adds, at every optimizer step, a KL term between
-the fine-tuned model's feature distribution and the prior's (README.md, "FT-LP";
-docs/design.md)::
-
-    Q_l(z|x) = N(f_0,l(x), diag σ²_Q,l)          prior; σ²_Q,l fixed before training
-    P_l(z|x) = N(f_θ,l(x), diag σ²_P,l)          posterior; σ²_P,l = σ²_Q,l · exp(s_l), s_l learned
-    loss     = L_base(z) + λ · Σ_l mean_elements KL(P_l ‖ Q_l)
-
-With ``ftlp_posterior = sample`` the network reads a reparameterised sample
-``z_l = f_θ,l + σ_P,l ⊙ ε`` at every regularised layer during training (the mean at
-evaluation), so σ²_P gets gradients from the task loss (noise hurts it) and from the KL
-(which pulls σ²_P toward σ²_Q): every parameter of the posterior matters to prediction.
-When noise enters at an earlier layer, the mean of a later layer is computed from that
-sample, and its KL is the conditional one, ``E_{z<l}[KL(P(z_l|z<l) ‖ Q(z_l|x))]``,
-estimated with the step's one sample: by the chain rule this sums to the KL between the
-joint posterior and the prior over all regularised layers (Q's layers are independent given x).
-
-``ftlp_posterior = point`` (the default, chosen on development data: docs/ftlp_defaults/):
-no noise, σ²_P tied to σ²_Q, so the KL is ``½ (f_θ − f_0)² / σ²_Q``, a drift penalty in
-units of the prior's per-channel spread. With a learned σ²_Q
-(``ftlp_prior_var = learned``) the point posterior's ``−log Q(f_θ)`` is MIRO's regulariser.
-
-The prior normalises a batch as the trained network does: when the network's BatchNorm
-uses batch statistics, so does the prior's (without updating its running statistics); when
-BatchNorm is frozen (ResNets), both use the running statistics. So at initialisation,
-without noise, the divergence and its gradient are exactly 0 for every backbone.
-
-FT-LP is written once, as the :class:`FTLP` mixin; the variant of base ``X`` is
-``class X_FTLP(FTLP, X)``, made by :func:`register_ftlp_variants` for every base that
-declares ``EXPOSES_FEATURES``.
+:class:`FTLP` keeps a frozen copy ``f_0`` of the pre-trained featurizer as the prior and, at
+every optimizer step, adds ``λ · Σ_l mean KL(P_l ‖ Q_l)`` between the fine-tuned model's
+feature distribution and the prior's, on the features the base algorithm already computed.
+The derivation, the sampled and point posteriors, and why the prior normalises a batch as the
+trained network does: docs/ftlp.md. The variant of base ``X`` is ``class X_FTLP(FTLP, X)``
+(``variants.py``); the prior module is in ``prior.py``, the hparams in ``config.py``.
 """
 
 from __future__ import annotations
@@ -42,12 +17,10 @@ import torch
 from torch import nn
 
 from domainbed.algorithms.base import LossOutput, Minibatches
-from domainbed.algorithms.erm import ERM
-from domainbed.algorithms.ftlp_config import FTLP_HPARAMS, FTLPConfig
-from domainbed.algorithms.ftlp_prior import NoiseInjector, PriorKL, frozen_prior, sync_batchnorm_mode
-from domainbed.algorithms.registry import algorithm_names, get_algorithm_class, register_algorithm
+from domainbed.algorithms.ftlp.config import FTLP_HPARAMS, FTLPConfig
+from domainbed.algorithms.ftlp.diagnostics import liveness_report
+from domainbed.algorithms.ftlp.prior import NoiseInjector, PriorKL, frozen_prior, sync_batchnorm_mode
 from domainbed.lib.misc import seed_hash
-from domainbed.lib.prior_diagnostics import liveness_report
 from domainbed.networks import Features
 
 
@@ -204,36 +177,3 @@ class FTLP:
         posterior = (list(feats.intermediates) if cfg.uses_stages else []) + (
             [feats.mean if feats.mean is not None else feats.final] if cfg.uses_final else [])
         return self.prior_kl(posterior, prior)
-
-
-@register_algorithm(control_of="ERM_FTLP")
-class ERM_FTLP_ShuffledPrior(FTLP, ERM):
-    """Control arm of the evidence: ERM_FTLP whose KL sees the prior's features of a shuffled
-    batch (hparam ``ftlp_control = shuffled`` fixed), so it reports under its own name."""
-
-    HPARAMS_FIXED = ("ftlp_control",)
-
-    def ftlp_config(self) -> FTLPConfig:
-        return FTLPConfig.from_hparams({**self.hparams, "ftlp_control": "shuffled"})
-
-
-def make_ftlp_variant(base: type) -> type:
-    """``class <Base>_FTLP(FTLP, Base)``: the FT-LP prior added to ``base``."""
-    name = f"{base.__name__}_FTLP"
-    attrs = {"__doc__": f"{base.__name__} with the FT-LP prior.", "__module__": __name__, "__qualname__": name}
-    return type(name, (FTLP, base), attrs)
-
-
-def register_ftlp_variants() -> list[str]:
-    """The one FT-LP rule: register ``<Name>_FTLP`` for every registered algorithm that
-    declares ``EXPOSES_FEATURES`` and is not itself an FT-LP configuration (MIRO is one).
-    Idempotent; returns the names it added. Each variant is also an attribute of this module."""
-    added = []
-    for name in algorithm_names():
-        base = get_algorithm_class(name)
-        if issubclass(base, FTLP) or not getattr(base, "EXPOSES_FEATURES", False) or f"{name}_FTLP" in algorithm_names():
-            continue
-        variant = register_algorithm(make_ftlp_variant(base), variant_of=name)
-        globals()[variant.__name__] = variant
-        added.append(variant.__name__)
-    return added
