@@ -25,7 +25,7 @@ from domainbed.algorithms import get_algorithm_class
 from domainbed.datasets import MultipleDomainDataset, get_dataset_class
 from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, PerDataset, PerFamily, Sampler, choice, log_uniform, pow2_int, uniform
-from domainbed.lib.misc import seed_hash
+from domainbed.lib.seeding import seed_hash
 
 __all__ = ["HParam", "PerDataset", "PerFamily", "Sampler", "choice", "log_uniform", "pow2_int", "uniform",
            "default_hparams", "get_hparams", "hparam_specs", "random_hparams", "parse_overrides"]

@@ -11,7 +11,7 @@ from domainbed.datasets import MultipleDomainDataset, get_dataset_class
 from domainbed.datasets.base import DigitSubsetDataset, SmallImageDataset
 from domainbed.datasets.images import DomainNet
 from domainbed.lib.hparam import HParam
-from domainbed.lib.misc import seed_hash
+from domainbed.lib.seeding import seed_hash
 
 
 def test_seed_hash_is_md5_of_str_args():

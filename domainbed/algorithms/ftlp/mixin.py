@@ -20,7 +20,7 @@ from domainbed.algorithms.base import LossOutput, Minibatches
 from domainbed.algorithms.ftlp.config import FTLP_HPARAMS, FTLPConfig
 from domainbed.algorithms.ftlp.diagnostics import liveness_report
 from domainbed.algorithms.ftlp.prior import NoiseInjector, PriorKL, frozen_prior, sync_batchnorm_mode
-from domainbed.lib.misc import seed_hash
+from domainbed.lib.seeding import seed_hash
 from domainbed.networks import Features
 
 
