@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules from hparams (domainbed/lib/optim.py).
+"""Optimizers and learning-rate schedules from hparams (domainbed/algorithms/optim.py).
 
 The schedule's rates are checked against closed forms written here; defaults against a
 hand-built DomainBed Adam; a run interrupted mid-warm-up against the uninterrupted one;
@@ -17,9 +17,9 @@ import torch
 from domainbed import hparams_registry
 from domainbed.algorithms import algorithm_names, get_algorithm_class
 from domainbed.algorithms._support import restart_optimizer
+from domainbed.algorithms.optim import LARS, SGD_MOMENTUM, LRSchedule, build_optimizer, in_linear_phase, optimizer_name
 from domainbed.datasets import build_dataset
 from domainbed.lib.errors import UserError
-from domainbed.lib.optim import LARS, SGD_MOMENTUM, LRSchedule, build_optimizer, in_linear_phase, optimizer_name
 from domainbed.scripts import train
 from domainbed.training.atomic_files import read_jsonl
 from domainbed.training.integrity import load_verified

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainbed.algorithms.optim import LRSchedule, build_optimizer, check_supported
 from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, PerDataset, PerFamily
-from domainbed.lib.optim import OPTIMIZERS, LRSchedule, build_optimizer, check_supported
+from domainbed.lib.optim_hparams import OPTIMIZERS
 from domainbed.networks import Features, build_classifier, build_featurizer
 
 Minibatches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -118,7 +119,7 @@ class Algorithm(nn.Module):
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer of hparams ``optimizer`` / ``lars`` over :meth:`param_groups`
-        (:mod:`domainbed.lib.optim`; by default DomainBed's Adam)."""
+        (:mod:`domainbed.algorithms.optim`; by default DomainBed's Adam)."""
         fused = _flag(self.hparams.get("fused_optimizer", "auto"), self.device.type == "cuda")
         return build_optimizer(self.param_groups(), self.hparams, lr=self.hparams["lr"], fused=fused)
 

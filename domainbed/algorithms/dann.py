@@ -26,10 +26,10 @@ from torch import Tensor, nn
 
 from domainbed.algorithms.base import Algorithm, Minibatches, _flag, cross_entropy
 from domainbed.algorithms.counters import UpdateCounter
+from domainbed.algorithms.optim import build_optimizer
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, PerFamily, choice, log_uniform, pow2_int
-from domainbed.lib.optim import build_optimizer
 
 
 class MLP(nn.Module):

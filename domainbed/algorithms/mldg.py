@@ -22,10 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from domainbed.algorithms.base import Algorithm, Minibatches, Predictor, cross_entropy
+from domainbed.algorithms.optim import build_optimizer
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, choice, log_uniform
-from domainbed.lib.optim import build_optimizer
 
 
 def meta_train_test_pairs(perm: list[int], n_meta_test: int) -> list[tuple[int, int]]:

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, choice, log_uniform, pow2_int
-from domainbed.lib.optim import OPTIM_HPARAMS
+from domainbed.lib.optim_hparams import OPTIM_HPARAMS
 from domainbed.lib.registry import Registry
 
 T = TypeVar("T", bound=type)

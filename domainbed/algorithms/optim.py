@@ -19,6 +19,9 @@ learning rate. The other choices:
 The schedule is a pure function of the training step, so a resumed run sets exactly the
 learning rates of an uninterrupted one; :meth:`LRSchedule.state_dict` goes in the checkpoint
 to check that the resumed run uses the same schedule.
+
+The hparams themselves are declared in :mod:`domainbed.lib.optim_hparams`, where the
+datasets (which give every algorithm these hparams) can import them without importing this.
 """
 
 from __future__ import annotations
@@ -30,29 +33,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from domainbed.lib.errors import UserError
-from domainbed.lib.hparam import HParam
+from domainbed.lib.optim_hparams import DOMAINBED_LINEAR_STEPS, LR_SCHEDULES, OPTIMIZERS
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
-LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 SGD_MOMENTUM = 0.9
 LARS_MOMENTUM = 0.9  # DomainBed HEAD's LARS momentum
 LARS_TRUST_COEFFICIENT = 0.001  # η of arXiv 1708.03888, DomainBed HEAD's value
-DOMAINBED_LINEAR_STEPS = 500  # DomainBed HEAD's default (and only value in its random search)
-
-# Declared for every algorithm on every dataset (MultipleDomainDataset.HPARAMS). No random
-# search: DomainBed draws lars and linear_steps as constants, and ours stay fixed so that
-# adding them shifts no draw and changes no protocol.
-OPTIM_HPARAMS: dict[str, HParam] = {
-    "optimizer": HParam("adam", help="adam (DomainBed), adamw, sgd (momentum 0.9) or lars", choices=OPTIMIZERS),
-    "lr_schedule": HParam("constant", help="constant (DomainBed), cosine, or warmup_cosine (linear warm-up over "
-                                           "warmup_steps, then cosine)", choices=LR_SCHEDULES),
-    "warmup_steps": HParam(500, help="linear warm-up steps of lr_schedule=warmup_cosine"),
-    "lars": HParam(False, help="DomainBed HEAD's switch for the LARS optimizer: true is optimizer=lars",
-                   choices=(False, True)),
-    "linear_steps": HParam(DOMAINBED_LINEAR_STEPS, help="DomainBed HEAD: first steps train only the classifier, in "
-                                                        "algorithms with that phase (ERMPlusPlus); others refuse "
-                                                        "another value"),
-}
 
 
 def optimizer_name(hparams: Mapping[str, Any]) -> str:
