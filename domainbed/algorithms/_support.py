@@ -62,34 +62,6 @@ def restart_optimizer(algorithm: Algorithm, lr: float | None = None) -> None:
     algorithm.lr_schedule.apply(algorithm.optimizer)
 
 
-class StepCounter(nn.Module):
-    """Updates done so far, kept in a buffer (``count``, in ``state_dict()``) so that a
-    resumed run switches penalties on at the same step.
-
-    A Python copy of the count answers :attr:`value`, so reading it does not wait for the
-    device; after ``load_state_dict`` the buffer is read once.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("count", torch.zeros((), dtype=torch.long))
-        self._value: int | None = 0
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
-        super()._load_from_state_dict(*args, **kwargs)
-        self._value = None
-
-    @property
-    def value(self) -> int:
-        if self._value is None:
-            self._value = int(self.count)
-        return self._value
-
-    def increment(self) -> None:
-        self._value = self.value + 1
-        self.count.fill_(self._value)
-
-
 def network_parameters(algorithm: Algorithm) -> list[nn.Parameter]:
     """The trainable parameters of the featurizer and the classifier, in a fixed order."""
     return [p for p in algorithm.featurizer.parameters() if p.requires_grad] + [

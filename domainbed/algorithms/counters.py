@@ -1,9 +1,11 @@
 """A count of optimizer updates that survives a resume and is free to read.
 
-Several algorithms switch behaviour at a given update (IRM's and VREx's penalty annealing,
-DANN's alternation of discriminator and generator steps). The count must be saved with the
-model, so it is a buffer; but reading a CUDA buffer on the host waits for the device, so a
-Python int mirrors it and is refreshed only when a state dict is loaded.
+Several algorithms switch behaviour at a given update (IRM's, VREx's, IB's, Fishr's and RDM's
+penalty annealing, EQRM's burn-in, TRM's start, DANN's alternation of discriminator and
+generator steps, ERM++'s linear-probing phase). The count must be saved with the model, so
+that a resumed run switches at the same update, so it is a buffer (``<attribute>.count`` in
+the algorithm's ``state_dict()``); but reading a CUDA buffer on the host waits for the
+device, so a Python int mirrors it and is refreshed only when a state dict is loaded.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from domainbed.algorithms._support import StepCounter, domain_risks, pool, restart_optimizer
+from domainbed.algorithms._support import domain_risks, pool, restart_optimizer
 from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches
+from domainbed.algorithms.counters import UpdateCounter
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.hparam import HParam, log_uniform, uniform
 
@@ -69,7 +70,7 @@ class EQRM(Algorithm):
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, num_domains: int, hparams: Any):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.steps = StepCounter()  # the burn-in counter, in state_dict()
+        self.steps = UpdateCounter()  # the burn-in counter, in state_dict()
 
     def compute_loss(self, minibatches: Minibatches) -> LossOutput:
         x, y, sizes = pool(minibatches)

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from domainbed.algorithms._support import StepCounter, pool, restart_optimizer
+from domainbed.algorithms._support import pool, restart_optimizer
 from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches, cross_entropy
+from domainbed.algorithms.counters import UpdateCounter
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.hparam import HParam, log_uniform, uniform
 
@@ -77,7 +78,7 @@ class Fishr(Algorithm):
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, num_domains: int, hparams: Any):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.steps = StepCounter()
+        self.steps = UpdateCounter()
         n_params = sum(p.numel() for p in self.classifier.parameters())
         self.register_buffer("variance_ema", torch.zeros(num_domains, n_params))
 

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from domainbed.algorithms._support import StepCounter, domain_risks, pool, restart_optimizer
+from domainbed.algorithms._support import domain_risks, pool, restart_optimizer
 from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches
+from domainbed.algorithms.counters import UpdateCounter
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.hparam import HParam, log_uniform
 
@@ -53,7 +54,7 @@ class IB_ERM(Algorithm):
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, num_domains: int, hparams: Any):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.steps = StepCounter()  # the annealing counter, in state_dict()
+        self.steps = UpdateCounter()  # the annealing counter, in state_dict()
 
     def restart_steps(self) -> tuple[int, ...]:
         """Update counts at which Adam restarts (where a penalty weight jumps)."""

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from domainbed.algorithms._support import StepCounter, pool
+from domainbed.algorithms._support import pool
 from domainbed.algorithms.base import Algorithm, LossOutput, Minibatches, cross_entropy
+from domainbed.algorithms.counters import UpdateCounter
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.lib.errors import UserError
 from domainbed.lib.hparam import HParam, log_uniform
@@ -67,7 +68,7 @@ class TRM(Algorithm):
         self.heads.requires_grad_(False)  # trained by their own SGD steps, not the optimizer
         # alpha[Q, P]: weight of domain P in head Q's transfer risk (no self-transfer).
         self.register_buffer("alpha", torch.ones(num_domains, num_domains) - torch.eye(num_domains))
-        self.steps = StepCounter()
+        self.steps = UpdateCounter()
 
     def _fit_heads(self, feats: list[torch.Tensor], ys: list[torch.Tensor]) -> None:
         """``HEAD_STEPS`` plain SGD steps of every head on its own domain's fixed features."""
