@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from domainbed.lib.records import load_records
-from domainbed.lib.tables import (
+from domainbed.model_selection import SELECTION_METHODS, prepare_records, reports_averaged_model
+from domainbed.results.records import load_records
+from domainbed.results.tables import (
     REFERENCE_DATASETS,
     Row,
     Stat,
@@ -24,12 +25,9 @@ from domainbed.lib.tables import (
     Table,
     averages_table,
     format_stat,
-    mean_se,
     render,
     run_domains_table,
 )
-from domainbed.model_selection import SELECTION_METHODS, prepare_records
-from domainbed.reporting.layout import sweep_layout
 from domainbed.scripts import collect_results, list_top_hparams
 
 import fixtures_records as fx
@@ -199,7 +197,7 @@ def test_rules_pick_what_the_fixture_was_built_for(sweep):
 
 
 def test_swad_uses_only_the_averaged_record(load):
-    prepared = prepare_records(load.df)
+    prepared = prepare_records(load.df, reports_averaged_model)
     swad = prepared.df[prepared.df["algorithm"].str.startswith("SWAD")]
     per_run = swad.groupby("output_dir")["averaged"].agg(["all", "size"])
     fallback = [d for d in per_run.index if d.endswith("ToyA_SWAD_FTLP_te0_hp0_tr2")]
@@ -278,7 +276,7 @@ def test_paired_gain_tables(sweep, tables, rule):
         if rule == "leave_one_out" and dataset == "ToyB":
             assert table is None
             continue
-        assert [r.label for r in table.rows] == [f"{a} vs {b}" for a, b in comps]
+        assert [r.label for r in table.rows] == [f"{a} − {b}" for a, b in comps]
         for (treat, base), row in zip(comps, table.rows):
             for env, cell in enumerate(row.cells):
                 diffs = [
@@ -288,7 +286,10 @@ def test_paired_gain_tables(sweep, tables, rule):
                 ]
                 assert cell.n == len(diffs)
                 assert cell.mean == pytest.approx(statistics.fmean(diffs), abs=1e-12)
-                assert cell.se == pytest.approx(statistics.pstdev(diffs) / math.sqrt(len(diffs)), abs=1e-12)
+                if len(diffs) == 1:  # a paired gain of one trial has no SE
+                    assert cell.se is None
+                else:  # the sample std of the paired differences, ddof 1
+                    assert cell.se == pytest.approx(statistics.stdev(diffs) / math.sqrt(len(diffs)), abs=1e-12)
 
 
 def test_gain_se_is_of_the_paired_differences_not_of_the_groups():
@@ -302,17 +303,16 @@ def test_gain_se_is_of_the_paired_differences_not_of_the_groups():
             "test_acc": [0.50, 0.60, 0.60, 0.70],
         }
     )
-    from domainbed.lib.tables import paired_gain_stats
+    from domainbed.results.tables import paired_gain_stats
 
     stats = paired_gain_stats(selected, [("ERM_FTLP", "ERM"), ("ERM_FTLP", "MIRO")])
     assert len(stats) == 1  # MIRO did not run: no pair
-    assert stats.loc[0, "comparison"] == "ERM_FTLP vs ERM"
+    assert stats.loc[0, "comparison"] == "ERM_FTLP − ERM"
     assert stats.loc[0, "mean"] == pytest.approx(0.10) and stats.loc[0, "se"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_mean_se_and_cell_format():
-    stat = mean_se([0.5, 0.7])
-    assert stat.mean == pytest.approx(0.6) and stat.se == pytest.approx(0.1 / math.sqrt(2)) and stat.n == 2
+def test_cell_format():
+    stat = Stat(0.6, 0.1 / math.sqrt(2), 2)  # 0.5 and 0.7: population std 0.1
     assert format_stat(stat, "text") == "60.0 +/- 7.1"
     assert format_stat(stat, "markdown", row_n=3) == "60.0 ± 7.1 (n=2)"
     assert format_stat(stat, "latex", signed=True) == r"+60.0 $\pm$ 7.1"
@@ -347,7 +347,7 @@ def test_collect_results_passes_what_the_registries_know():
     df = pd.DataFrame(
         [{"dataset": d, "algorithm": a, "n_envs": 4} for d in ("PACS", "NoSuchDataset") for a in algorithms]
     )
-    layout = sweep_layout(df)
+    layout = collect_results.registry_layout(df)
     assert dict(layout.domains) == {"PACS": ["A", "C", "P", "S"]}
     assert layout.domain_names("NoSuchDataset") == ("env0", "env1", "env2", "env3")
     assert layout.averaged == {"SWAD", "SWAD_FTLP"}
@@ -397,7 +397,7 @@ def test_collect_text_counts_and_captions(sweep):
         assert f"Model selection: {title}" in out
         assert f"ToyA - selection: {title}" in out
     assert "SWAD-family rows use the final averaged model" in out
-    assert "ERM_FTLP vs MIRO" in out and "SWAD_FTLP vs SWAD" in out
+    assert "ERM_FTLP - MIRO" in out and "SWAD_FTLP - SWAD" in out  # plain text: ASCII minus
 
 
 def _expected_string(sweep, rule: str, dataset: str, algorithm: str, env: int, pm: str) -> str:

@@ -97,8 +97,8 @@ def test_v2_gains_match_paired_gains_on_the_records(v2_copy, monkeypatch):
     """A number of gains.md equals an independent loop over the selected runs."""
     monkeypatch.chdir(v2_copy)
     report = load_v2_report()
-    from domainbed.lib.records import load_records
     from domainbed.model_selection import get_selection_method
+    from domainbed.results.records import load_records
 
     selected = get_selection_method("training_domain").select(load_records(report.RECORDS).df)
     acc = {(r.algorithm, r.dataset, r.trial_seed, r.test_env): 100 * r.test_acc for r in selected.itertuples()}

@@ -54,7 +54,7 @@ def test_hparam_seeds_draw_different_lambdas():
 
 
 def test_lambda_curve_pairs_runs_by_hparams_seed():
-    from domainbed.reporting import plotting_gains
+    from domainbed.results import plotting_gains
 
     rows = []
     for algo, hp, lam, accs in [("ERM_FTLP", 1, 0.01, (0.6, 0.8)), ("ERM_FTLP", 2, 0.1, (0.5, 0.7)),

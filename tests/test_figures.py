@@ -1,5 +1,5 @@
 """What the notebook figures show: whole bars, error bars only with a spread, the tables'
-standard error, notes only for comparisons in the data, the task loss, short titles.
+standard errors, notes only for comparisons in the data, the task loss, short titles.
 
 Expected numbers are computed here with :mod:`statistics` from the selected runs,
 independently of the pandas code that draws them.
@@ -21,8 +21,13 @@ import pytest  # noqa: E402
 from matplotlib.container import ErrorbarContainer  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from domainbed.lib.tables import paired_gain_stats  # noqa: E402
-from domainbed.reporting import plotting, plotting_gains  # noqa: E402
+from domainbed.results import plotting, plotting_gains  # noqa: E402
+from domainbed.results.tables import paired_gain_stats  # noqa: E402
+
+# Each FT-LP variant of the toy sweep and its base, and the six comparisons of the evidence v2 report.
+VARIANTS = [("ERM_FTLP", "ERM"), ("SWAD_FTLP", "SWAD")]
+SIX = [("ERM_FTLP", "ERM"), ("CORAL_FTLP", "CORAL"), ("SWAD_FTLP", "SWAD"), ("ERM_FTLP", "MIRO"),
+       ("ERM_FTLP", "ERM_FTLP_ShuffledPrior"), ("MIRO", "ERM")]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +69,7 @@ def population_se(values: list[float]) -> float:
 
 def bar_figures(df: pd.DataFrame):
     return {
-        "ftlp_bars": plotting.plot_ftlp_bars(df, "training_domain"),
+        "ftlp_bars": plotting.plot_ftlp_bars(df, "training_domain", pairs=VARIANTS),
         "arm_accuracy": plotting_gains.plot_arm_accuracy(df, "training_domain"),
     }
 
@@ -98,7 +103,7 @@ def test_cells_of_one_trial_have_no_error_bar_and_say_n(toy):
 def test_error_bars_only_where_a_cell_has_two_trials_or_more(toy):
     df = single_runs(toy)
     df = df[(df["test_env"] != 0) | (df["trial_seed"] == 0)]  # env0: one trial; env1, env2: three
-    fig = plotting.plot_ftlp_bars(df, "training_domain")
+    fig = plotting.plot_ftlp_bars(df, "training_domain", pairs=VARIANTS)
     segments = error_segments(fig.axes[0])
     # ERM, ERM_FTLP, SWAD, SWAD_FTLP: one error bar each at env1 and env2 (x = 1, 2), none at env0 (x = 0)
     assert len(segments) == 4 * 2
@@ -112,7 +117,11 @@ def test_error_bars_only_where_a_cell_has_two_trials_or_more(toy):
 
 # ----------------------------------------------------------------------------- one SE convention
 
-def test_paired_gain_error_bars_are_the_tables_population_se(toy):
+def sample_se(values: list[float]) -> float:
+    return statistics.stdev(values) / math.sqrt(len(values))
+
+
+def test_paired_gain_error_bars_are_the_gain_tables_sample_se(toy):
     selection = "training_domain"
     fig = plotting_gains.plot_paired_gains(toy, selection, [("ERM_FTLP", "ERM")])
     selected = plotting_gains.selected_runs(toy, selection)
@@ -120,14 +129,14 @@ def test_paired_gain_error_bars_are_the_tables_population_se(toy):
     acc = {(r.algorithm, r.trial_seed, r.test_env): 100 * r.test_acc for r in part.itertuples()}
     trials = sorted(part["trial_seed"].unique())
     diff = {(t, e): acc[("ERM_FTLP", t, e)] - acc[("ERM", t, e)] for t in trials for e in range(3)}
-    expected = [population_se([diff[(t, e)] for t in trials]) for e in range(3)]
-    expected.append(population_se([statistics.mean(diff[(t, e)] for e in range(3)) for t in trials]))
+    expected = [sample_se([diff[(t, e)] for t in trials]) for e in range(3)]
+    expected.append(sample_se([statistics.mean(diff[(t, e)] for e in range(3)) for t in trials]))
     assert half_lengths(fig.axes[0]) == pytest.approx(sorted(expected), abs=1e-6)
     # the same numbers as the collect_results gain table beside the figure
     table = paired_gain_stats(selected, [("ERM_FTLP", "ERM")])
     table = table[table["dataset"] == "ToyA"].sort_values("test_env")
     assert list(100 * table["se"].astype(float)) == pytest.approx(expected[:3], abs=1e-9)
-    assert "population std" in fig.axes[0].get_title()
+    assert "sample std (ddof 1)" in fig.axes[0].get_title()
 
 
 def test_arm_accuracy_error_bars_are_the_tables_population_se(toy):
@@ -141,13 +150,13 @@ def test_arm_accuracy_error_bars_are_the_tables_population_se(toy):
 # ----------------------------------------------------------------------------- footnotes
 
 def test_paired_gain_note_names_only_comparisons_whose_arms_ran(toy):
-    fig = plotting_gains.plot_paired_gains(toy, "training_domain")  # the evidence report's six comparisons
+    fig = plotting_gains.plot_paired_gains(toy, "training_domain", SIX)
     note = fig.axes[0].get_xlabel()  # ToyA ran ERM, ERM_FTLP, MIRO, SWAD, SWAD_FTLP
     assert "CORAL" not in note and "ShuffledPrior" not in note
     # both arms ran, but never in the same trial: that comparison is named
     df = toy[~((toy["algorithm"] == "MIRO") & (toy["trial_seed"] != 0))]
     df = df[~((df["algorithm"] == "ERM_FTLP") & (df["trial_seed"] == 0))]
-    note = plotting_gains.plot_paired_gains(df, "training_domain").axes[0].get_xlabel()
+    note = plotting_gains.plot_paired_gains(df, "training_domain", SIX).axes[0].get_xlabel()
     assert note == "no paired trial yet: ERM_FTLP − MIRO"
 
 
@@ -178,9 +187,9 @@ def test_titles_name_a_folder_dataset_by_its_folder(toy, tmp_path):
     df = toy.copy()
     df.loc[df["dataset"] == "ToyA", "dataset"] = str(folder)
     figures = [
-        plotting.plot_ftlp_bars(df, "training_domain", dataset=str(folder)),
+        plotting.plot_ftlp_bars(df, "training_domain", dataset=str(folder), pairs=VARIANTS),
         plotting_gains.plot_arm_accuracy(df[df["dataset"] == str(folder)]),
-        plotting_gains.plot_paired_gains(df[df["dataset"] == str(folder)], "training_domain"),
+        plotting_gains.plot_paired_gains(df[df["dataset"] == str(folder)], "training_domain", SIX),
         plotting.plot_curves(df, dataset=str(folder)),
     ]
     for fig in figures:

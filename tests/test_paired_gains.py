@@ -7,17 +7,17 @@ import math
 import pandas as pd
 import pytest
 
-from domainbed.lib.paired_gains import (
+from domainbed.results.paired_gains import (
     AVERAGE,
-    arm_accuracy,
     confidence_interval,
     format_gain,
-    mean_se,
     paired_gains,
     reading,
     trial_gains,
     trials_for_se,
 )
+from domainbed.results.standard_error import accuracy_mean_se, gain_mean_se
+from domainbed.results.tables import arm_accuracy
 
 # Two domains; trial 2 of T lacks domain 1, so trial 2 cannot count in the benchmark mean.
 ACC = {
@@ -87,12 +87,19 @@ def test_trial_gains_and_duplicate_runs():
         paired_gains(doubled, [("T", "B")])
 
 
-def test_mean_se_arm_accuracy_and_format():
-    assert mean_se([1.0, 2.0, 4.0]) == (pytest.approx(7 / 3), pytest.approx(math.sqrt(7 / 3) / math.sqrt(3)), 3)
+def test_the_two_standard_errors_arm_accuracy_and_format():
+    # 1, 2, 4: squared deviations 16/9 + 1/9 + 25/9 = 42/9; sample variance 7/3, population 14/9.
+    assert gain_mean_se([1.0, 2.0, 4.0]) == (pytest.approx(7 / 3), pytest.approx(math.sqrt(7 / 3) / math.sqrt(3)), 3)
+    assert accuracy_mean_se([1.0, 2.0, 4.0]) == (pytest.approx(7 / 3), pytest.approx(math.sqrt(14 / 9) / math.sqrt(3)), 3)
+    assert math.isnan(gain_mean_se([5.0])[1]) and accuracy_mean_se([5.0])[1] == 0.0  # one trial: none vs 0
+    assert gain_mean_se([])[2] == 0
+    with pytest.raises(ValueError, match="at least one value"):
+        accuracy_mean_se([])
+    # An arm's accuracy is an accuracy cell: DomainBed's population std, in points.
     stats = arm_accuracy(selected_frame())
     b0 = stats[(stats["algorithm"] == "B") & (stats["test_env"] == 0)].iloc[0]
     assert b0["n"] == 3 and b0["mean"] == pytest.approx(77.3333333) and b0["se"] == pytest.approx(
-        pd.Series([75.0, 72.0, 85.0]).std(ddof=1) / math.sqrt(3))
+        pd.Series([75.0, 72.0, 85.0]).std(ddof=0) / math.sqrt(3))
     assert format_gain(1.234, 0.56, 3) == "+1.2 ± 0.6"
     assert format_gain(-2.0, math.nan, 1) == "-2.0 (no SE)"
     assert format_gain(math.nan, math.nan, 0) == "–"
@@ -100,7 +107,7 @@ def test_mean_se_arm_accuracy_and_format():
 
 def test_trials_for_se_from_the_spread_so_far():
     # gains 1, 2, 4 over 3 trials: sd = sqrt(7/3) = 1.528; SE <= 0.7 needs sd^2 / 0.49 = 4.76 -> 5 trials
-    _, se, n = mean_se([1.0, 2.0, 4.0])
+    _, se, n = gain_mean_se([1.0, 2.0, 4.0])
     assert trials_for_se(se, n, 0.7) == 5
     sd = math.sqrt(7 / 3)
     assert sd / math.sqrt(5) <= 0.7 < sd / math.sqrt(4)

@@ -65,7 +65,7 @@ def test_the_rule_is_registered_but_not_a_default():
 
 
 def test_the_rule_scores_the_merged_run_and_reports_the_full_data_model():
-    from domainbed.lib.records import records_frame
+    from domainbed.results.records import records_frame
 
     selected = model_selection.get_selection_method(RULE).select(records_frame(RECORDS))
     got = {(int(r["trial_seed"]), int(r["hparams_seed"])): (r["val_acc"], r["test_acc"]) for _, r in selected.iterrows()}

@@ -25,9 +25,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from domainbed.lib.records import load_records  # noqa: E402
 from domainbed.model_selection import get_selection_method  # noqa: E402
-from domainbed.reporting import plotting  # noqa: E402
+from domainbed.results import plotting  # noqa: E402
+from domainbed.results.records import load_records  # noqa: E402
 from domainbed.scripts.collect_results import collect  # noqa: E402
 
 RECORDS = HERE / "records"
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         (HERE / "tables_affine_encoder.md").write_text(
             TABLES_HEADER.replace("records/main", "records_affine_encoder") + tables("docs/evidence/records_affine_encoder"))
     records = plotting.load_sweep(RECORDS / "main", verbose=False)
-    fig = plotting.plot_ftlp_bars(records, "training_domain")
+    fig = plotting.plot_ftlp_bars(records, "training_domain", pairs=PAIRS[:3])  # each FT-LP variant and its base
     fig.savefig(HERE / "per_domain.png", dpi=120)
     lambda_figure(HERE / "lambda.png")
     for lam, mean, se, n in lambda_points():

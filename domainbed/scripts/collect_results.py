@@ -6,9 +6,11 @@
 
 For each selection rule: one table per dataset (rows algorithms, columns domains + Avg),
 an averages table over datasets (plus one over the domains run when a sweep ran only
-some), and the paired FT-LP gain tables (the pairs the algorithms' traits name: each
-``B_FTLP`` against its base ``B``, ERM_FTLP against its control arm and against MIRO;
-:func:`domainbed.model_selection.paired_comparisons`). Counts of skipped unfinished jobs
+some), and the paired gain tables (the pairs the algorithms declared: each variant against
+its base, against its control arm, against the published method it is measured against;
+:func:`domainbed.model_selection.paired_comparisons`). Accuracy cells are mean ± SE over
+trial seeds with DomainBed's SE (population std / sqrt(n)); gain cells use the sample SE
+(:mod:`domainbed.results.standard_error`). Counts of skipped unfinished jobs
 and truncated lines come first, so a partial sweep is read, never a crash. The same text is
 saved as ``results.txt`` (``results.md``, ``results.tex``) in the sweep folder, as DomainBed
 does. ``--metric nll`` or ``ece`` reports the test domain's negative log-likelihood or
@@ -28,12 +30,26 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import pandas as pd
+
 from domainbed.lib.misc import print_row
-from domainbed.lib.records import RecordLoad, load_records
-from domainbed.lib.tables import (
+from domainbed.model_selection import (
+    DEFAULT_SELECTION,
+    SELECTION_METHODS,
+    SelectionMethod,
+    get_selection_method,
+    paired_comparisons,
+    prepare_records,
+    reports_averaged_model,
+)
+from domainbed.results.layout import sweep_layout
+from domainbed.results.records import RecordLoad, load_records
+from domainbed.results.standard_error import accuracy_mean_se
+from domainbed.results.tables import (
     ACC,
     FORMATS,
     TABLE_METRICS,
+    SweepLayout,
     Table,
     TableMetric,
     averages_table,
@@ -43,15 +59,6 @@ from domainbed.lib.tables import (
     run_domains_table,
     with_test_metric,
 )
-from domainbed.lib.tables.stats import mean_se
-from domainbed.model_selection import (
-    DEFAULT_SELECTION,
-    SELECTION_METHODS,
-    SelectionMethod,
-    get_selection_method,
-    prepare_records,
-)
-from domainbed.reporting.layout import sweep_layout
 
 
 def _comment(lines: str, fmt: str) -> str:
@@ -91,10 +98,20 @@ def no_records_message(load: RecordLoad) -> str:
     )
 
 
+def registry_layout(df: pd.DataFrame) -> SweepLayout:
+    """The layout of prepared records with what the registries know: domain names (dataset
+    registry), the algorithms that report an averaged model and the pairs the gain tables
+    compare (what the algorithms declared, :mod:`domainbed.model_selection`)."""
+    algorithms = sorted(df["algorithm"].unique()) if len(df) else []
+    return sweep_layout(
+        df, averaged=[a for a in algorithms if reports_averaged_model(a)], comparisons=paired_comparisons(algorithms)
+    )
+
+
 def method_tables(load: RecordLoad, method: SelectionMethod, reference: bool = False,
                   metric: TableMetric = ACC) -> list[Table] | str:
     """The tables of one selection rule, or a one-line reason why it has none."""
-    prepared = prepare_records(load.df)
+    prepared = prepare_records(load.df, reports_averaged_model)
     selected = method.select(prepared)
     if selected.empty:
         if method.name == "leave_one_out":
@@ -107,7 +124,7 @@ def method_tables(load: RecordLoad, method: SelectionMethod, reference: bool = F
     if selected.empty:
         return (f"No {metric.name} results under {method.title}: the selected records have no env*_in_{metric.name} "
                 "(written before calibration was recorded).")
-    layout = sweep_layout(prepared.df)
+    layout = registry_layout(prepared.df)
     tables = dataset_tables(selected, method.name, method.title, layout, metric)
     published = reference and method.name == "training_domain" and metric is ACC  # published rows are accuracies
     tables.append(averages_table(selected, method.name, method.title, layout, published, metric))
@@ -156,7 +173,7 @@ def collect(
     load = load_records(input_dir, include_incomplete=include_incomplete)
     if load.df.empty:
         raise NoRecordsError(no_records_message(load))
-    notes = [load.summarise(), *prepare_records(load.df).notes()]
+    notes = [load.summarise(), *prepare_records(load.df, reports_averaged_model).notes()]
     if fmt == "latex":
         notes.append("Tables need \\usepackage{booktabs}.")
     parts = [_comment("\n".join(notes), fmt)]
@@ -217,13 +234,13 @@ def collect_and_save(
 
 def format_mean(data: Iterable[float], latex: bool) -> tuple[float | None, float | None, str]:
     """``(mean, standard error, text)`` of accuracies given as fractions: mean and SE in
-    percent (SE: population std / √n, as our tables), text ``"m.m +/- s.s"`` (``$\\pm$`` in
-    LaTeX); ``(None, None, "X")`` when ``data`` is empty."""
+    percent (SE: population std / √n, as our accuracy tables), text ``"m.m +/- s.s"``
+    (``$\\pm$`` in LaTeX); ``(None, None, "X")`` when ``data`` is empty."""
     values = [float(v) for v in data]
     if not values:
         return None, None, "X"
-    stat = mean_se(values)
-    mean, err = 100 * stat.mean, 100 * float(stat.se or 0.0)
+    mean, se, _ = accuracy_mean_se(values)
+    mean, err = 100 * mean, 100 * se
     pm = "$\\pm$" if latex else "+/-"
     return mean, err, f"{mean:.1f} {pm} {err:.1f}"
 

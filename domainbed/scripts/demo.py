@@ -20,7 +20,7 @@ from domainbed.training.run_folder import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
 def per_domain_accuracy(sweep_dir: str) -> str:
     """Final accuracy of every run on every domain (test domain marked *), in percent."""
-    from domainbed.lib.records import env_indices, load_records
+    from domainbed.results.records import env_indices, load_records
 
     df = load_records(sweep_dir).df
     last = df.sort_values("step").groupby("output_dir").tail(1)

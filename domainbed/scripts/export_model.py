@@ -19,7 +19,7 @@ from domainbed.lib.errors import UserError
 
 def build_parser() -> argparse.ArgumentParser:
     from domainbed.inference.export import SELECTION_ALIASES
-    from domainbed.lib.selection import SELECTION_METHODS
+    from domainbed.results.selection import SELECTION_METHODS
 
     rules = sorted(set(SELECTION_METHODS) | set(SELECTION_ALIASES))
     parser = argparse.ArgumentParser(description="Export the model a selection rule picks in a sweep.")

@@ -20,9 +20,15 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from domainbed.lib.records import load_records
-from domainbed.lib.tables import env_names, format_grid, format_number
-from domainbed.model_selection import DEFAULT_SELECTION, SELECTION_METHODS, get_selection_method, prepare_records
+from domainbed.model_selection import (
+    DEFAULT_SELECTION,
+    SELECTION_METHODS,
+    get_selection_method,
+    prepare_records,
+    reports_averaged_model,
+)
+from domainbed.results.records import load_records
+from domainbed.results.tables import env_names, format_grid, format_number
 
 
 def _check_choice(df: pd.DataFrame, column: str, value: object, flag: str) -> pd.DataFrame:
@@ -85,7 +91,7 @@ def list_top_hparams(
     df = _check_choice(df, "dataset", dataset, "--dataset")
     df = _check_choice(df, "algorithm", algorithm, "--algorithm")
     _check_choice(df, "test_env", test_env, "--test_env")
-    prepared = prepare_records(df)
+    prepared = prepare_records(df, reports_averaged_model)
     n_envs = int(prepared.df["n_envs"].max())
     from domainbed.datasets import known_environment_names  # torch and every dataset: only when run
 

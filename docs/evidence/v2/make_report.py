@@ -40,19 +40,18 @@ REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
 from domainbed.datasets import get_dataset_class  # noqa: E402
-from domainbed.lib.paired_gains import (  # noqa: E402
+from domainbed.model_selection import get_selection_method, prepare_records  # noqa: E402
+from domainbed.results import plotting_gains  # noqa: E402
+from domainbed.results.paired_gains import (  # noqa: E402
     AVERAGE,
-    EVIDENCE_COMPARISONS,
     confidence_interval,
     format_gain,
     paired_gains,
     reading,
     trials_for_se,
 )
-from domainbed.lib.records import load_records  # noqa: E402
-from domainbed.lib.selection import heldout_env_accuracy  # noqa: E402
-from domainbed.model_selection import get_selection_method, prepare_records  # noqa: E402
-from domainbed.reporting import plotting_gains  # noqa: E402
+from domainbed.results.records import load_records  # noqa: E402
+from domainbed.results.selection import heldout_env_accuracy  # noqa: E402
 from domainbed.scripts.collect_results import collect  # noqa: E402
 
 RECORDS = "docs/evidence/v2/records"
@@ -63,6 +62,16 @@ SWEEP = REPO / "sweeps" / "offline_evidence_v2.json"
 ADDED_TRIALS = tuple(REPO / "sweeps" / f"offline_evidence_v2_more_trials{suffix}.json"
                      for suffix in ("", "_digits", "_rotated", "_digits_round3"))
 SELECTIONS = ("training_domain", "oracle")
+# The comparisons this report shows, (treatment, baseline), in its order: the plan of the evidence
+# issue (FT-LP against each base, against MIRO and against the shuffled-prior control; MIRO against ERM).
+EVIDENCE_COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("ERM_FTLP", "ERM"),
+    ("CORAL_FTLP", "CORAL"),
+    ("SWAD_FTLP", "SWAD"),
+    ("ERM_FTLP", "MIRO"),
+    ("ERM_FTLP", "ERM_FTLP_ShuffledPrior"),
+    ("MIRO", "ERM"),
+)
 CONTROL = ("ERM_FTLP", "ERM_FTLP_ShuffledPrior")
 SE_TARGET = 0.7  # points: the precision the evidence issue asks of each benchmark-mean paired gain
 TABLES_HEADER = (
@@ -80,7 +89,7 @@ SE_CONVENTION = (
     "Over the benchmark: per trial, the mean over the benchmark's test domains, counting only trials in which "
     "both arms have every domain; per domain: every trial in which both arms have that domain. "
     "Then mean ± SE over trials, SE = sample standard deviation (ddof = 1) / √n; "
-    "n = 1 has no SE. (The collect_results tables use the population std instead.)"
+    "n = 1 has no SE, as in the gain tables of collect_results (its accuracy cells use DomainBed's population std)."
 )
 
 

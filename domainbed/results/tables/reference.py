@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from domainbed.lib.tables.model import Row
-from domainbed.lib.tables.stats import Stat
+from domainbed.results.tables.model import Row
+from domainbed.results.tables.stats import Stat
 
 REFERENCE_DATASETS = ("PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet")
 # name -> (accuracy per REFERENCE_DATASETS, the paper's own average)

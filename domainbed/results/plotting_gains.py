@@ -1,41 +1,36 @@
 """Figures of paired evidence sweeps: accuracy of every arm, paired gains, the λ curve.
 
-    from domainbed.reporting import plotting, plotting_gains
+    from domainbed import model_selection
+    from domainbed.results import plotting, plotting_gains
     records = plotting.load_sweep("docs/evidence/v2/records")
+    comparisons = model_selection.paired_comparisons(records["algorithm"].unique())
     fig = plotting_gains.plot_arm_accuracy(records, "training_domain")
-    fig = plotting_gains.plot_paired_gains(records, "training_domain")
+    fig = plotting_gains.plot_paired_gains(records, "training_domain", comparisons)
     fig = plotting_gains.plot_lambda_curve(hparam_records, "training_domain")
 
-FT-LP (arXiv 2406.05628) is judged by paired gains over its base: which trials pair and
-count come from :mod:`domainbed.lib.paired_gains`, the standard error from the result
-tables (:func:`domainbed.lib.tables.mean_se`, population std / √n), so a figure shows the
-numbers of the table beside it (:data:`~domainbed.reporting.plotting.SE_NOTE`). The
-checkpoints are those chosen by :mod:`domainbed.lib.selection`. Only the domains that were
-run are drawn. Every function returns the matplotlib ``Figure``.
+FT-LP (arXiv 2406.05628) is judged by paired gains over its base. Every gain drawn is one
+of :func:`domainbed.results.paired_gains.paired_gains` (mean and SE = sample std / √n over
+paired trials, :data:`~domainbed.results.plotting.GAIN_SE_NOTE`), as in the gain tables of
+``collect_results`` and the evidence reports; each arm's accuracy is the accuracy tables'
+(:func:`domainbed.results.tables.arm_accuracy`, population std / √n,
+:data:`~domainbed.results.plotting.SE_NOTE`). The checkpoints are those chosen by
+:mod:`domainbed.results.selection`. Only the domains that were run are drawn. Every
+function returns the matplotlib ``Figure``.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
-from domainbed.lib.paired_gains import (
-    AVERAGE,
-    EVIDENCE_COMPARISONS,
-    comparison_name,
-    paired_gains,
-    required_domains,
-    trial_gains,
-)
-from domainbed.lib.selection import get_selection_method
-from domainbed.lib.tables import mean_se, per_domain_stats
-from domainbed.reporting.layout import sweep_layout
-from domainbed.reporting.plotting import (
+from domainbed.results.layout import sweep_layout
+from domainbed.results.paired_gains import AVERAGE, Comparison, comparison_name, paired_gains
+from domainbed.results.plotting import (
+    GAIN_SE_NOTE,
     SE_NOTE,
     Records,
     _frame,
@@ -45,6 +40,8 @@ from domainbed.reporting.plotting import (
     outside_legend,
     start_at_zero,
 )
+from domainbed.results.selection import get_selection_method
+from domainbed.results.tables import arm_accuracy
 
 
 def selected_runs(records: Records, selection: str = "training_domain") -> pd.DataFrame:
@@ -63,40 +60,6 @@ def _empty_figure(message: str) -> plt.Figure:
     return fig
 
 
-def gain_stats(
-    selected: pd.DataFrame,
-    comparisons: Sequence[tuple[str, str]] = EVIDENCE_COMPARISONS,
-    domains: Mapping[str, Sequence[int]] | None = None,
-) -> pd.DataFrame:
-    """:func:`~domainbed.lib.paired_gains.paired_gains` (same rows, means, n and trials) with
-    the result tables' SE: :func:`domainbed.lib.tables.mean_se` (population std / √n) of the
-    same per-trial differences, so figures and the ``collect_results`` gain tables agree."""
-    domains = dict(domains) if domains is not None else required_domains(selected)
-    gains = paired_gains(selected, comparisons, domains)
-    se = pd.Series(math.nan, index=gains.index)
-    for (dataset, treatment, baseline), rows in gains.groupby(["dataset", "treatment", "baseline"], sort=False):
-        diffs = trial_gains(selected, dataset, treatment, baseline, domains[dataset])
-        for index, row in rows.iterrows():
-            if row["n"] == 0:
-                continue
-            if row["test_env"] == AVERAGE:  # the benchmark gain of each complete trial
-                values = diffs[diffs["trial_seed"].isin(row["trials"])].groupby("trial_seed")["gain"].mean()
-            else:
-                values = diffs.loc[diffs["test_env"] == row["test_env"], "gain"]
-            se[index] = mean_se(values.to_numpy()).se
-    return gains.assign(se=se)
-
-
-def arm_stats(selected: pd.DataFrame) -> pd.DataFrame:
-    """Test accuracy in points per (dataset, algorithm, test_env): mean, SE and n from the
-    result tables' :func:`domainbed.lib.tables.per_domain_stats` (population std / √n)."""
-    stats = per_domain_stats(selected)
-    return stats.assign(
-        test_env=stats["test_env"].astype("int64"), mean=100 * stats["mean"].astype(float),
-        se=100 * stats["se"].astype(float), n=stats["n"].astype("int64"),
-    )
-
-
 def plot_arm_accuracy(records: Records, selection: str = "training_domain", arms: Sequence[str] | None = None) -> plt.Figure:
     """Test accuracy of every arm per test domain that was run, one panel per dataset; the
     legend gives each arm's number of trials (a range when domains differ), and only cells
@@ -104,7 +67,7 @@ def plot_arm_accuracy(records: Records, selection: str = "training_domain", arms
     selected = selected_runs(records, selection)
     if selected.empty:
         return _empty_figure("no selected runs in these records")
-    stats = arm_stats(selected)
+    stats = arm_accuracy(selected)
     datasets = sorted(stats["dataset"].unique())
     fig, axes = plt.subplots(len(datasets), 1, figsize=(12.5, 3.8 * len(datasets)), squeeze=False)
     title = get_selection_method(selection).title
@@ -130,7 +93,7 @@ def plot_arm_accuracy(records: Records, selection: str = "training_domain", arms
         ax.set_xticks(x, [names[e] for e in envs])
         ax.set_xlabel("test domain")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{display_name(dataset)}: every arm ({title}; {SE_NOTE})", fontsize=9)
+        ax.set_title(f"{display_name(dataset)}: every arm ({title})\n{SE_NOTE}", fontsize=9)
         outside_legend(ax)
     fig.tight_layout()
     return fig
@@ -139,18 +102,26 @@ def plot_arm_accuracy(records: Records, selection: str = "training_domain", arms
 def plot_paired_gains(
     records: Records,
     selection: str = "training_domain",
-    comparisons: Sequence[tuple[str, str]] = EVIDENCE_COMPARISONS,
+    comparisons: Sequence[Comparison] | None = None,
     required: str = "all",
 ) -> plt.Figure:
     """Paired gain (points) per test domain and over the benchmark, with SE error bars.
 
-    Numbers are those of :func:`gain_stats` (the tables' SE); a point of one paired trial
-    has no error bar. One panel per dataset. A comparison whose two arms both ran on the
-    dataset but never in the same trial is named in the panel's note; one whose arms the
-    sweep did not run there is left out without a note. ``required``: the domains a trial
-    needs for the mean over domains, ``all`` of the dataset's or those ``run`` in the sweep
-    (for sweeps that test only some domains, such as the demo).
+    ``comparisons``: the (treatment, baseline) pairs, e.g.
+    :func:`domainbed.model_selection.paired_comparisons` of the algorithms present. Numbers
+    are those of :func:`~domainbed.results.paired_gains.paired_gains` (:data:`GAIN_SE_NOTE`);
+    a point of one paired trial has no error bar. One panel per dataset. A comparison whose
+    two arms both ran on the dataset but never in the same trial is named in the panel's
+    note; one whose arms the sweep did not run there is left out without a note.
+    ``required``: the domains a trial needs for the mean over domains, ``all`` of the
+    dataset's or those ``run`` in the sweep (for sweeps that test only some domains, such
+    as the demo).
     """
+    if comparisons is None:
+        raise ValueError(
+            "plot_paired_gains needs comparisons=[(treatment, baseline), ...], e.g. "
+            "domainbed.model_selection.paired_comparisons(records['algorithm'].unique())"
+        )
     selected = selected_runs(records, selection)
     if selected.empty:
         return _empty_figure("no selected runs in these records")
@@ -159,7 +130,7 @@ def plot_paired_gains(
     domains = None
     if required == "run":
         domains = {str(d): sorted(int(e) for e in part["test_env"].unique()) for d, part in selected.groupby("dataset")}
-    gains = gain_stats(selected, comparisons, domains)
+    gains = paired_gains(selected, comparisons, domains)
     datasets = sorted(gains["dataset"].unique())
     fig, axes = plt.subplots(len(datasets), 1, figsize=(12.5, 3.8 * len(datasets)), squeeze=False)
     title = get_selection_method(selection).title
@@ -192,7 +163,7 @@ def plot_paired_gains(
         ax.axvline(len(run_envs) - 0.5, color="grey", lw=0.5, ls=":")
         ax.set_xticks(x, [names[e] for e in run_envs] + ["mean over\n" + ("domains" if required == "all" else "domains run")])
         ax.set_ylabel("paired gain (accuracy points)")
-        ax.set_title(f"{display_name(dataset)}: treatment − baseline ({title}; {SE_NOTE})", fontsize=9)
+        ax.set_title(f"{display_name(dataset)}: treatment − baseline ({title})\n{GAIN_SE_NOTE}", fontsize=9)
         if labels:
             outside_legend(ax)
         else:

@@ -1,4 +1,4 @@
-"""Print a :class:`~domainbed.lib.tables.model.Table` as plain text, Markdown or LaTeX.
+"""Print a :class:`~domainbed.results.tables.model.Table` as plain text, Markdown or LaTeX.
 
 A cell prints as ``mean ± SE`` in percent with one decimal (``+/-`` in plain text,
 ``$\\pm$`` in LaTeX), ``X`` when missing, with a ``(n=k)`` suffix when it rests on fewer
@@ -11,8 +11,8 @@ import re
 
 from tabulate import tabulate
 
-from domainbed.lib.tables.model import Table
-from domainbed.lib.tables.stats import Stat
+from domainbed.results.tables.model import Table
+from domainbed.results.tables.stats import Stat
 
 FORMATS = ("text", "markdown", "latex")
 _PM = {"text": "+/-", "markdown": "±", "latex": r"$\pm$"}
@@ -85,14 +85,19 @@ def _latex_tabular(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(line.strip() for line in lines)
 
 
+def _plain(text: str) -> str:
+    """Plain-text tables keep to ASCII: ``+/-`` for ±, ``-`` for the minus sign and the dash."""
+    return text.replace("±", "+/-").replace("−", "-").replace("—", "-")
+
+
 def render(table: Table, fmt: str = "text") -> str:
     """``table`` as plain text, Markdown or a LaTeX ``table`` environment (needs booktabs)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; choose from {', '.join(FORMATS)}")
     header, body = table_cells(table, fmt)
     if fmt == "text":
-        caption = table.caption.replace("±", "+/-").replace("−", "-").replace("—", "-")
-        return f"{caption}\n\n{format_grid(header, body)}"
+        body = [[_plain(r[0]), *r[1:]] for r in body]  # a gain row's label "A − B"
+        return f"{_plain(table.caption)}\n\n{format_grid(header, body)}"
     if fmt == "markdown":
         body = [[c.replace("|", r"\|") for c in r] for r in body]
         return f"**{table.caption}**\n\n{_grid(header, body, 'github')}"

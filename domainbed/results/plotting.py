@@ -1,9 +1,11 @@
 """Helpers for notebooks: load a sweep, per-domain tables, FT-LP bars, training curves.
 
-    from domainbed.reporting import plotting
+    from domainbed import model_selection
+    from domainbed.results import plotting
     records = plotting.load_sweep("demo_sweep")
     plotting.per_domain_table(records, "training_domain")
-    fig = plotting.plot_ftlp_bars(records, "training_domain")
+    pairs = model_selection.paired_comparisons(records["algorithm"].unique())
+    fig = plotting.plot_ftlp_bars(records, "training_domain", pairs=pairs)
     fig = plotting.plot_curves(records)          # accuracy and the task loss (loss_ce)
     fig = plotting.plot_kl_curve(records)        # the prior term, in its own panel
 
@@ -13,10 +15,12 @@ sweep path). Numbers come from the same selection and aggregation code as
 functions return the matplotlib ``Figure``; assign it (``fig = ...``) in a notebook so
 it is shown once.
 
-Conventions shared by every figure here and in :mod:`domainbed.reporting.plotting_gains`:
-error bars are the tables' standard error (:data:`SE_NOTE`; a cell of one trial has no
-error bar, and its n is written in the legend), bar axes start at 0, and a dataset given
-by its folder path is titled by the folder's name (:func:`display_name`).
+Conventions shared by every figure here and in :mod:`domainbed.results.plotting_gains`:
+error bars are the tables' standard error (accuracies: :data:`SE_NOTE`, DomainBed's
+population std; paired gains: :data:`GAIN_SE_NOTE`, the sample std; a cell of one trial has
+no error bar, and its n is written in the legend), bar axes start at 0, and a dataset given
+by its folder path is titled by the folder's name (:func:`display_name`). Which algorithms
+to pair is the caller's to say (the results package knows no algorithm).
 """
 
 from __future__ import annotations
@@ -36,21 +40,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from domainbed.lib.records import RecordLoad, load_records  # noqa: E402
-from domainbed.lib.selection import (  # noqa: E402
+from domainbed.results.layout import sweep_layout  # noqa: E402
+from domainbed.results.records import RecordLoad, load_records  # noqa: E402
+from domainbed.results.selection import (  # noqa: E402
     get_selection_method,
     heldout_env_accuracy,
     prepare_records,
     training_domain_accuracy,
 )
-from domainbed.lib.tables import dataset_tables, per_domain_stats, table_cells  # noqa: E402
-from domainbed.model_selection import ftlp_variant_pairs  # noqa: E402
-from domainbed.reporting.layout import sweep_layout  # noqa: E402
+from domainbed.results.tables import Comparison, dataset_tables, per_domain_stats, table_cells  # noqa: E402
 
 Records = pd.DataFrame | RecordLoad | str | os.PathLike
 
-# The one standard-error convention of tables and figures: DomainBed's (domainbed.lib.tables).
+# The standard errors of domainbed.results.standard_error, as the tables beside the figures print them.
 SE_NOTE = "mean ± SE over trials, SE = population std (ddof 0) / √n as in the tables; no error bar where n = 1"
+GAIN_SE_NOTE = "mean ± SE over paired trials, SE = sample std (ddof 1) / √n as in the gain tables; no error bar where n = 1"
 
 # What every algorithm logs as its task loss (cross-entropy), apart from any penalty or
 # prior term: ``loss`` is the total that was minimised, so FT-LP's includes λ·KL.
@@ -100,7 +104,7 @@ def start_at_zero(axis: plt.Axes) -> None:
 
 
 def load_sweep(path: str | os.PathLike[str], include_incomplete: bool = False, verbose: bool = True) -> pd.DataFrame:
-    """All records of a sweep (see :mod:`domainbed.lib.records`); prints what was skipped."""
+    """All records of a sweep (see :mod:`domainbed.results.records`); prints what was skipped."""
     load = load_records(path, include_incomplete=include_incomplete)
     if verbose:
         print(load.summarise())
@@ -180,19 +184,31 @@ def _axes_per_dataset(datasets: list[str], ax: plt.Axes | None, ncols: int = 1, 
 
 
 def plot_ftlp_bars(
-    records: Records, selection: str = "training_domain", dataset: str | None = None, ax: plt.Axes | None = None
+    records: Records, selection: str = "training_domain", dataset: str | None = None, ax: plt.Axes | None = None,
+    pairs: Sequence[Comparison] | None = None,
 ) -> plt.Figure:
-    """Bars of each base algorithm next to its FT-LP variant per domain, with SE error bars
-    where a cell has two trials or more (:data:`SE_NOTE`); the legend gives each arm's n."""
+    """Bars of each baseline next to its treatment per domain, with SE error bars where a
+    cell has two trials or more (:data:`SE_NOTE`); the legend gives each arm's n.
+
+    ``pairs``: the (treatment, baseline) pairs to draw, e.g. each FT-LP variant and its base
+    (:func:`domainbed.model_selection.paired_comparisons` of the algorithms present); an
+    algorithm in several pairs is drawn once."""
+    if pairs is None:
+        raise ValueError(
+            "plot_ftlp_bars needs pairs=[(treatment, baseline), ...], e.g. "
+            "domainbed.model_selection.paired_comparisons(records['algorithm'].unique())"
+        )
     df = _frame(records)
     datasets = _datasets(df, dataset)
     fig, axes = _axes_per_dataset(datasets, ax, width=9.0)
     title = get_selection_method(selection).title
     for name, axis in zip(datasets, axes[:, 0]):
         stats, domains = _percent_stats(df, selection, name)
-        algos = [a for variant, base in ftlp_variant_pairs(stats["algorithm"].unique()) for a in (base, variant)]
+        present = set(stats["algorithm"])
+        algos = list(dict.fromkeys(a for t, b in pairs if {t, b} <= present for a in (b, t)))
         if not algos:
-            axis.text(0.5, 0.5, f"{display_name(name)}: no algorithm B with B_FTLP in this sweep", ha="center", va="center")
+            axis.text(0.5, 0.5, f"{display_name(name)}: no pair of algorithms to compare in this sweep", ha="center",
+                      va="center")
             axis.set_axis_off()
             continue
         # Only the test domains some drawn algorithm was run on (a sweep may leave domains out).

@@ -1,23 +1,24 @@
 """The numbers behind the result tables: means, standard errors and paired gains.
 
 Each function turns the output of a selection rule (one row per dataset, algorithm, test
-env and trial seed, with ``test_acc``) into a frame of ``mean``, ``se`` and ``n``. Every
-standard error is the population standard deviation (ddof 0) divided by √n, as DomainBed
-(arXiv 2007.01434) reports it; with one trial it is 0.
+env and trial seed, with ``test_acc``) into a frame of ``mean``, ``se`` and ``n``. The
+standard errors are those of :mod:`domainbed.results.standard_error`: an accuracy cell's is
+the population standard deviation (ddof 0) divided by √n, as DomainBed (arXiv 2007.01434)
+reports it (0 with one trial); a paired gain's is the sample standard deviation (ddof 1)
+divided by √n, from :func:`domainbed.results.paired_gains.paired_gains` (none with one trial).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
-# (treatment, baseline): a paired gain acc(treatment) - acc(baseline). The caller says which
-# pairs to compare (domainbed.model_selection reads them from the algorithms' traits).
-Comparison = tuple[str, str]
+from domainbed.results.paired_gains import AVERAGE, Comparison, paired_gains
+from domainbed.results.standard_error import accuracy_mean_se
+
+ARM_COLUMNS = ["dataset", "algorithm", "test_env", "mean", "se", "n"]
 
 
 @dataclass(frozen=True)
@@ -32,28 +33,31 @@ class Stat:
     n: int | None = None
 
 
-def mean_se(values: Sequence[float]) -> Stat:
-    """Mean ± population-std/√n of ``values`` (which must not be empty)."""
-    arr = np.asarray(values, dtype=float)
-    if arr.size == 0:
-        raise ValueError("mean_se needs at least one value")
-    return Stat(float(arr.mean()), float(arr.std(ddof=0) / math.sqrt(arr.size)), int(arr.size))
-
-
 def aggregate(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
-    """Per group of ``keys``: mean, SE (population std / √n) and count of ``value``."""
+    """Per group of ``keys``: mean, SE (accuracy convention: population std / √n) and count of ``value``."""
     cols = keys + ["mean", "se", "n"]
     if df.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     grouped = df.groupby(keys, sort=True)[value]
-    out = grouped.agg(mean="mean", std=lambda s: float(np.std(s.to_numpy(dtype=float), ddof=0)), n="count")
-    out["se"] = out["std"] / np.sqrt(out["n"])
+    out = grouped.agg(mean="mean", se=lambda s: accuracy_mean_se(s.to_numpy(dtype=float))[1], n="count")
     return out.reset_index()[cols]
 
 
 def per_domain_stats(selected: pd.DataFrame) -> pd.DataFrame:
     """Mean, SE and n of the test accuracy over trial seeds per (dataset, algorithm, test_env)."""
     return aggregate(selected, ["dataset", "algorithm", "test_env"], "test_acc")
+
+
+def arm_accuracy(selected: pd.DataFrame) -> pd.DataFrame:
+    """:func:`per_domain_stats` in points (mean and SE × 100), columns :data:`ARM_COLUMNS`:
+    each arm's test accuracy per domain, as the evidence reports and figures print it."""
+    stats = per_domain_stats(selected)
+    if stats.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in ARM_COLUMNS})
+    return stats.assign(
+        test_env=stats["test_env"].astype("int64"), mean=100 * stats["mean"].astype(float),
+        se=100 * stats["se"].astype(float), n=stats["n"].astype("int64"),
+    )[ARM_COLUMNS]
 
 
 def _trial_average_stats(selected: pd.DataFrame, required: dict[str, Sequence[int]]) -> pd.DataFrame:
@@ -100,26 +104,15 @@ def run_domains_stats(selected: pd.DataFrame, envs: dict[str, list[int]]) -> pd.
     return _trial_average_stats(selected, envs)
 
 
-def comparison_label(treatment: str, baseline: str) -> str:
-    return f"{treatment} vs {baseline}"
-
-
 def paired_gain_stats(selected: pd.DataFrame, comparisons: Sequence[Comparison]) -> pd.DataFrame:
-    """Paired differences ``acc(treatment) - acc(baseline)`` per (dataset, comparison, test_env).
-
-    Only trial seeds where both algorithms have a selected run are paired; the SE is that
-    of the per-trial differences (population std / √n), consistent with the main tables.
-    A comparison whose algorithms are not both in ``selected`` gives no rows.
+    """Paired differences ``value(treatment) - value(baseline)`` per (dataset, comparison, test_env),
+    in the records' units: the per-domain rows of :func:`~domainbed.results.paired_gains.paired_gains`
+    (every trial seed where both algorithms have a selected run; SE = sample std / √n, NaN
+    for one trial). A comparison whose algorithms never ran in the same trial gives no rows.
     """
-    keys = ["dataset", "test_env", "trial_seed"]
-    present = set(selected["algorithm"]) if len(selected) else set()
-    parts = []
-    for treatment, baseline in comparisons:
-        if not {treatment, baseline} <= present:
-            continue
-        t = selected[selected["algorithm"] == treatment][keys + ["test_acc"]]
-        b = selected[selected["algorithm"] == baseline][keys + ["test_acc"]]
-        both = t.merge(b, on=keys, suffixes=("_t", "_b"))
-        parts.append(both.assign(comparison=comparison_label(treatment, baseline), diff=both["test_acc_t"] - both["test_acc_b"]))
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=keys + ["comparison", "diff"])
-    return aggregate(frame, ["dataset", "comparison", "test_env"], "diff")
+    cols = ["dataset", "comparison", "test_env", "mean", "se", "n"]
+    if selected.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    domains = {str(d): sorted(int(e) for e in part["test_env"].unique()) for d, part in selected.groupby("dataset")}
+    gains = paired_gains(selected, comparisons, domains, scale=1.0)
+    return gains[(gains["test_env"] != AVERAGE) & (gains["n"] > 0)][cols].reset_index(drop=True)

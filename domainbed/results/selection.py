@@ -1,17 +1,18 @@
 """Model selection rules: which hparam seed and checkpoint stand for an algorithm (docs/design.md §9).
 
-The rules of DomainBed's protocol (arXiv 2007.01434), on the records frame of
-:mod:`domainbed.lib.records`. Records are grouped by (dataset, algorithm, test env, trial
-seed). Within one job (a "run", one hparam seed), a rule picks a checkpoint and gives it
-a validation score; the run with the best score wins (ties: lowest hparams seed). The
-number reported is always the test env's ``in`` accuracy at the chosen checkpoint.
+The rules of DomainBed's protocol (arXiv 2007.01434), and ERM++'s auto-LR rule
+(arXiv 2304.01973), on the records frame of :mod:`domainbed.results.records`. Records are
+grouped by (dataset, algorithm, test env, trial seed). Within one job (a "run", one hparam
+seed), a rule picks a checkpoint and gives it a validation score; the run with the best
+score wins (ties: lowest hparams seed). The number reported is the test env's ``in``
+accuracy at the chosen checkpoint (for the auto-LR rule, the full-data model's).
 
 A run that wrote an ``"averaged": true`` record (SWAD's final averaged model) is
 represented by that record alone, as SWAD reports itself. Which algorithms *should* have
-written one is not known here (this module imports nothing above ``lib``): callers pass
+written one is not known here (the results package knows no algorithm): callers pass
 ``averaged_model(name) -> bool``, and :func:`prepare_records` lists the runs of such
 algorithms that lack the record (killed before averaging), so reports can say so.
-:mod:`domainbed.model_selection` passes the algorithms' own ``AVERAGED_MODEL`` trait.
+:func:`domainbed.model_selection.prepare_records` passes what the algorithms declared.
 
 Each rule is a class with ``run_scores`` (one row per run: its chosen checkpoint and
 score) and ``select`` (one row per group: the winning run), registered under the short
@@ -26,9 +27,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from domainbed.lib.query import Q
-from domainbed.lib.records import env_indices, records_frame
 from domainbed.lib.registry import Registry
+from domainbed.results.query import Q
+from domainbed.results.records import env_indices, records_frame
 
 GROUP_KEYS = ["dataset", "algorithm", "test_env", "trial_seed"]
 RUN_COLUMNS = GROUP_KEYS + ["hparams_seed", "output_dir", "step", "averaged", "n_envs"]
@@ -197,7 +198,7 @@ class SelectionMethod:
 
     # ------------------------------------------------------------------ DomainBed's class API
     # For scripts written against DomainBed: class methods on a Q (or list) of record dicts,
-    # e.g. one group of domainbed.lib.reporting.get_grouped_records. They run the rule above,
+    # e.g. one group of DomainBed's reporting.get_grouped_records. They run the rule above,
     # so their numbers are collect_results' numbers; a rule of the user's own may instead
     # override run_acc alone, as in DomainBed.
 

@@ -1,7 +1,7 @@
 """The table model: what a sweep holds (:class:`SweepLayout`) and the tables built from it.
 
 A :class:`Table` is a caption, column names and :class:`Row` objects whose cells are
-:class:`~domainbed.lib.tables.stats.Stat` (or None, printed ``X``). Nothing here knows a
+:class:`~domainbed.results.tables.stats.Stat` (or None, printed ``X``). Nothing here knows a
 dataset or an algorithm by name: domain names, the algorithms that report an averaged
 model and the pairs to compare come from the caller (``scripts.collect_results`` reads
 them from the dataset and algorithm registries).
@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from domainbed.lib.tables.stats import Comparison, Stat
+from domainbed.results.tables.stats import Comparison, Stat
 
 
 def env_names(dataset: str, n_envs: int, known: Sequence[str] | None = None) -> tuple[str, ...]:

@@ -9,14 +9,17 @@ number of trials behind any cell of the row, and a cell resting on fewer says so
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
-from domainbed.lib.tables.metric import ACC, TableMetric
-from domainbed.lib.tables.model import Row, SweepLayout, Table
-from domainbed.lib.tables.reference import REFERENCE_DATASETS, REFERENCE_NOTE, reference_rows
-from domainbed.lib.tables.stats import (
+from domainbed.results.paired_gains import comparison_name
+from domainbed.results.standard_error import ACCURACY_SE, GAIN_SE
+from domainbed.results.tables.metric import ACC, TableMetric
+from domainbed.results.tables.model import Row, SweepLayout, Table
+from domainbed.results.tables.reference import REFERENCE_DATASETS, REFERENCE_NOTE, reference_rows
+from domainbed.results.tables.stats import (
     Stat,
-    comparison_label,
     dataset_average_stats,
     paired_gain_stats,
     per_domain_stats,
@@ -25,7 +28,7 @@ from domainbed.lib.tables.stats import (
 )
 
 CELL_NOTE_TAIL = (
-    ", mean ± SE over trial seeds (SE = population std / sqrt(n)); "
+    f", mean ± SE over trial seeds ({ACCURACY_SE}); "
     "n = trials per cell, (n=k) marks a cell with fewer; X = missing."
 )
 CELL_NOTE = ACC.title + CELL_NOTE_TAIL
@@ -37,10 +40,12 @@ AVERAGE_NOTE = (
 
 
 def _stat_lookup(stats: pd.DataFrame, keys: list[str]) -> dict[tuple, Stat]:
-    return {
-        tuple(rec[k] for k in keys): Stat(float(rec["mean"]), float(rec["se"]), int(rec["n"]))
-        for rec in stats.to_dict("records")
-    }
+    """Cells by ``keys``; an SE that is undefined (a paired gain of one trial) is left out."""
+    cells = {}
+    for rec in stats.to_dict("records"):
+        se = float(rec["se"])
+        cells[tuple(rec[k] for k in keys)] = Stat(float(rec["mean"]), None if math.isnan(se) else se, int(rec["n"]))
+    return cells
 
 
 def _caption(head: str, method_title: str, layout: SweepLayout, algorithms: list[str], metric: TableMetric = ACC) -> str:
@@ -113,8 +118,8 @@ def run_domains_table(selected: pd.DataFrame, method: str, method_title: str, la
 
 def _gain_note(metric: TableMetric) -> str:
     if metric.name == "acc":
-        return "'A vs B' = acc(A) − acc(B) in points"
-    return f"'A vs B' = {metric.name}(A) − {metric.name}(B) in {metric.unit}"
+        return "'A − B' = acc(A) − acc(B) in points"
+    return f"'A − B' = {metric.name}(A) − {metric.name}(B) in {metric.unit}"
 
 
 def gain_tables(selected: pd.DataFrame, method: str, method_title: str, layout: SweepLayout,
@@ -123,16 +128,16 @@ def gain_tables(selected: pd.DataFrame, method: str, method_title: str, layout: 
     lookup = _stat_lookup(paired_gain_stats(selected, layout.comparisons), ["dataset", "comparison", "test_env"])
     tables = []
     for dataset in layout.datasets:
-        pairs = [(t, b) for t, b in layout.comparisons_in(dataset) if any(k[:2] == (dataset, comparison_label(t, b)) for k in lookup)]
+        pairs = [(t, b) for t, b in layout.comparisons_in(dataset) if any(k[:2] == (dataset, comparison_name(t, b)) for k in lookup)]
         if not pairs:
             continue
         n = layout.n_envs[dataset]
-        labels = [comparison_label(t, b) for t, b in pairs]
+        labels = [comparison_name(t, b) for t, b in pairs]
         rows = [Row.of(c, [lookup.get((dataset, c, e)) for e in range(n)], signed=True) for c in labels]
         caption = (
             f"{dataset}: paired FT-LP gain — selection: {method_title}. "
             f"{_gain_note(metric)}, mean over trial seeds where both ran ± SE of the "
-            "paired differences (population std / sqrt(n)); "
+            f"paired differences ({GAIN_SE}); "
             f"{'negative' if metric.lower_is_better else 'positive'} favours A. n = paired trials."
         )
         if layout.averaged & {a for pair in pairs for a in pair}:

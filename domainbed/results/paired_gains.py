@@ -1,4 +1,4 @@
-"""Paired gains between two arms of a sweep run with paired seeds.
+"""Paired gains between two arms of a sweep run with paired seeds: the one paired-gain statistic.
 
 FT-LP (arXiv 2406.05628) claims that a base algorithm plus a KL term to the frozen
 pre-trained prior generalises better than the base alone. With ``--paired_seeds`` every
@@ -14,11 +14,15 @@ Conventions (the evidence reports state them next to the numbers):
   domain (a trial missing a domain is left out, never averaged over fewer domains);
 * the per-domain gain uses every trial in which both arms have that domain;
 * mean ± SE over trials with SE = sample standard deviation (ddof = 1) / √n; SE is NaN
-  when n < 2. (``collect_results`` tables use the population std; these do not.)
+  when n < 2 (:func:`domainbed.results.standard_error.gain_mean_se`). The gain tables of
+  ``collect_results`` and the figures show these numbers; only accuracy cells use
+  DomainBed's population std.
 
-Input is the frame of selected runs of :meth:`domainbed.lib.selection.SelectionMethod.select`
+Input is the frame of selected runs of :meth:`domainbed.results.selection.SelectionMethod.select`
 (columns ``dataset``, ``algorithm``, ``test_env``, ``trial_seed``, ``test_acc`` and, for the
-default required domains, ``n_envs``). Nothing here imports above ``lib``.
+default required domains, ``n_envs``). Which comparisons to compute is the caller's: the
+scripts and reports pass :func:`domainbed.model_selection.paired_comparisons` of the
+algorithms present, or a sweep file's list.
 """
 
 from __future__ import annotations
@@ -26,40 +30,23 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 from scipy import stats
 
-# The comparisons of the evidence v2 report (docs/evidence/v2): (treatment, baseline).
-EVIDENCE_COMPARISONS: tuple[tuple[str, str], ...] = (
-    ("ERM_FTLP", "ERM"),
-    ("CORAL_FTLP", "CORAL"),
-    ("SWAD_FTLP", "SWAD"),
-    ("ERM_FTLP", "MIRO"),
-    ("ERM_FTLP", "ERM_FTLP_ShuffledPrior"),
-    ("MIRO", "ERM"),
-)
+from domainbed.results.standard_error import gain_mean_se
+
+# (treatment, baseline): a paired gain acc(treatment) - acc(baseline).
+Comparison = tuple[str, str]
 
 # ``test_env`` of the rows holding the mean over a benchmark's domains.
 AVERAGE = -1
 
 GAIN_COLUMNS = ["dataset", "treatment", "baseline", "comparison", "test_env", "mean", "se", "n", "trials"]
-ARM_COLUMNS = ["dataset", "algorithm", "test_env", "mean", "se", "n"]
 
 
 def comparison_name(treatment: str, baseline: str) -> str:
-    """The label of a comparison in reports: ``"treatment − baseline"`` (a minus sign)."""
+    """The label of a comparison in tables, figures and reports: ``"treatment − baseline"`` (a minus sign)."""
     return f"{treatment} − {baseline}"
-
-
-def mean_se(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
-    """(mean, SE, n) with SE = sample std (ddof = 1) / √n; SE is NaN for n < 2, mean NaN for n = 0."""
-    arr = np.asarray(values, dtype=float)
-    n = int(arr.size)
-    if n == 0:
-        return math.nan, math.nan, 0
-    se = float(arr.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return float(arr.mean()), se, n
 
 
 def required_domains(selected: pd.DataFrame) -> dict[str, list[int]]:
@@ -69,8 +56,8 @@ def required_domains(selected: pd.DataFrame) -> dict[str, list[int]]:
     return {str(d): list(range(int(n))) for d, n in selected.groupby("dataset")["n_envs"].max().items()}
 
 
-def _arm(selected: pd.DataFrame, dataset: str, algorithm: str) -> pd.Series:
-    """Test accuracy (points) of one arm indexed by (trial_seed, test_env)."""
+def _arm(selected: pd.DataFrame, dataset: str, algorithm: str, scale: float) -> pd.Series:
+    """Test accuracy (× ``scale``) of one arm indexed by (trial_seed, test_env)."""
     part = selected[(selected["dataset"] == dataset) & (selected["algorithm"] == algorithm)]
     if part.duplicated(["trial_seed", "test_env"]).any():
         raise ValueError(
@@ -80,34 +67,39 @@ def _arm(selected: pd.DataFrame, dataset: str, algorithm: str) -> pd.Series:
     index = pd.MultiIndex.from_arrays(
         [part["trial_seed"].astype("int64"), part["test_env"].astype("int64")], names=["trial_seed", "test_env"]
     )
-    return pd.Series(100.0 * part["test_acc"].to_numpy(dtype=float), index=index)
+    return pd.Series(scale * part["test_acc"].to_numpy(dtype=float), index=index)
 
 
 def trial_gains(
-    selected: pd.DataFrame, dataset: str, treatment: str, baseline: str, domains: Sequence[int]
+    selected: pd.DataFrame, dataset: str, treatment: str, baseline: str, domains: Sequence[int], scale: float = 100.0
 ) -> pd.DataFrame:
-    """Per-(trial, domain) paired differences in points: columns trial_seed, test_env, gain.
+    """Per-(trial, domain) paired differences (points; ``test_acc`` × ``scale``): columns
+    trial_seed, test_env, gain.
 
     Only (trial, domain) pairs present for both arms, and only the ``domains`` listed.
     """
-    diff = (_arm(selected, dataset, treatment) - _arm(selected, dataset, baseline)).dropna()
+    diff = (_arm(selected, dataset, treatment, scale) - _arm(selected, dataset, baseline, scale)).dropna()
     frame = diff.rename("gain").reset_index()
     return frame[frame["test_env"].isin(list(domains))].sort_values(["trial_seed", "test_env"]).reset_index(drop=True)
 
 
 def paired_gains(
     selected: pd.DataFrame,
-    comparisons: Sequence[tuple[str, str]] = EVIDENCE_COMPARISONS,
+    comparisons: Sequence[Comparison],
     domains: Mapping[str, Sequence[int]] | None = None,
+    scale: float = 100.0,
 ) -> pd.DataFrame:
     """Mean ± SE paired gain per (dataset, comparison): over the benchmark and per domain.
 
+    ``comparisons``: the (treatment, baseline) pairs, in the order they are reported.
     ``domains[dataset]`` lists the test domains a trial must have (both arms) to count in
     the benchmark mean; default: every domain of the dataset (:func:`required_domains`).
     Returns one row per (dataset, comparison) with ``test_env == AVERAGE`` (the benchmark
     gain) followed by one row per required domain, columns :data:`GAIN_COLUMNS`
     (``trials``: the sorted trial seeds used). Every comparison of every dataset is listed,
-    also when n is 0, so incomplete comparisons are never silently dropped.
+    also when n is 0, so incomplete comparisons are never silently dropped. Gains are in
+    points (``test_acc`` × 100); ``scale=1`` keeps the records' own units (a metric such as
+    NLL). SE: :func:`~domainbed.results.standard_error.gain_mean_se` (sample std / √n).
     """
     domains = dict(domains) if domains is not None else required_domains(selected)
     rows = []
@@ -115,28 +107,19 @@ def paired_gains(
         wanted = [int(e) for e in domains[dataset]]
         for treatment, baseline in comparisons:
             label = comparison_name(treatment, baseline)
-            gains = trial_gains(selected, dataset, treatment, baseline, wanted)
+            gains = trial_gains(selected, dataset, treatment, baseline, wanted, scale)
             per_trial = gains.groupby("trial_seed")["gain"].agg(["mean", "count"])
             complete = per_trial[per_trial["count"] == len(wanted)]
-            mean, se, n = mean_se(complete["mean"].to_numpy())
+            mean, se, n = gain_mean_se(complete["mean"].to_numpy())
             rows.append([dataset, treatment, baseline, label, AVERAGE, mean, se, n, tuple(int(t) for t in complete.index)])
             for env in wanted:
                 part = gains[gains["test_env"] == env]
-                mean, se, n = mean_se(part["gain"].to_numpy())
+                mean, se, n = gain_mean_se(part["gain"].to_numpy())
                 rows.append([dataset, treatment, baseline, label, env, mean, se, n, tuple(int(t) for t in part["trial_seed"])])
     frame = pd.DataFrame(rows, columns=GAIN_COLUMNS)
     frame["n"] = frame["n"].astype("int64")
     frame["test_env"] = frame["test_env"].astype("int64")
     return frame
-
-
-def arm_accuracy(selected: pd.DataFrame) -> pd.DataFrame:
-    """Test accuracy (points) per (dataset, algorithm, test_env): mean ± SE (ddof = 1) over trials and n."""
-    rows = []
-    for (dataset, algorithm, env), part in selected.groupby(["dataset", "algorithm", "test_env"], sort=True):
-        mean, se, n = mean_se(100.0 * part["test_acc"].to_numpy(dtype=float))
-        rows.append([dataset, algorithm, int(env), mean, se, n])
-    return pd.DataFrame(rows, columns=ARM_COLUMNS)
 
 
 def trials_for_se(se: float, n: int, target: float) -> int | None:

@@ -1,6 +1,7 @@
 """Result tables: aggregate selected runs into cells and render them (docs/design.md).
 
-- :mod:`.stats`: means, standard errors (population std / √n) and paired gains;
+- :mod:`.stats`: means with standard errors (accuracy cells: population std / √n, as
+  DomainBed) and paired gains (sample std / √n, :mod:`domainbed.results.paired_gains`);
 - :mod:`.model`: :class:`SweepLayout`, :class:`Table` and :class:`Row`;
 - :mod:`.build`: the tables of one selection rule, :mod:`.reference`: published rows;
 - :mod:`.render`: plain text, Markdown or LaTeX;
@@ -10,11 +11,11 @@ Nothing here knows a dataset or an algorithm by name: the caller passes the doma
 the algorithms that report an averaged model and the pairs to compare in the layout.
 """
 
-from domainbed.lib.tables.build import averages_table, dataset_tables, gain_tables, run_domains_table
-from domainbed.lib.tables.metric import ACC, TABLE_METRICS, TableMetric, get_table_metric, with_test_metric
-from domainbed.lib.tables.model import Row, SweepLayout, Table, env_names
-from domainbed.lib.tables.reference import REFERENCE_DATASETS, REFERENCE_RESULTS, reference_rows
-from domainbed.lib.tables.render import (
+from domainbed.results.tables.build import averages_table, dataset_tables, gain_tables, run_domains_table
+from domainbed.results.tables.metric import ACC, TABLE_METRICS, TableMetric, get_table_metric, with_test_metric
+from domainbed.results.tables.model import Row, SweepLayout, Table, env_names
+from domainbed.results.tables.reference import REFERENCE_DATASETS, REFERENCE_RESULTS, reference_rows
+from domainbed.results.tables.render import (
     FORMATS,
     format_grid,
     format_number,
@@ -23,12 +24,12 @@ from domainbed.lib.tables.render import (
     render,
     table_cells,
 )
-from domainbed.lib.tables.stats import (
+from domainbed.results.tables.stats import (
+    ARM_COLUMNS,
     Comparison,
     Stat,
-    comparison_label,
+    arm_accuracy,
     dataset_average_stats,
-    mean_se,
     paired_gain_stats,
     per_domain_stats,
     run_domains,
@@ -37,6 +38,7 @@ from domainbed.lib.tables.stats import (
 
 __all__ = [
     "ACC",
+    "ARM_COLUMNS",
     "TABLE_METRICS",
     "TableMetric",
     "get_table_metric",
@@ -49,8 +51,8 @@ __all__ = [
     "Stat",
     "SweepLayout",
     "Table",
+    "arm_accuracy",
     "averages_table",
-    "comparison_label",
     "dataset_average_stats",
     "dataset_tables",
     "env_names",
@@ -59,7 +61,6 @@ __all__ = [
     "format_stat",
     "gain_tables",
     "latex_escape",
-    "mean_se",
     "paired_gain_stats",
     "per_domain_stats",
     "reference_rows",
