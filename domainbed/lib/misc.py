@@ -6,7 +6,8 @@ scripts and algorithms written against DomainBed (``make_weights_for_balanced_cl
 A face for users, not a base: nothing in the package imports it. Where the package does the
 same job the name is re-exported from its home (``seed_hash`` and our other seeding helpers
 from :mod:`domainbed.lib.seeding`, ``split_dataset`` from :mod:`domainbed.datasets.splits`,
-``Tee`` from :mod:`domainbed.training.tee`) or written as a thin layer over it (labels read
+``Tee`` from :mod:`domainbed.training.tee`, ``print_row`` from
+:mod:`domainbed.scripts.collect_results`) or written as a thin layer over it (labels read
 as :mod:`domainbed.training.loaders` reads them, accuracy as
 :mod:`domainbed.training.evaluation` measures it); the rest is DomainBed's alone and lives here.
 """
@@ -19,7 +20,6 @@ from collections import OrderedDict
 from numbers import Number
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -33,6 +33,7 @@ from domainbed.lib.seeding import (
     set_global_seed,
     set_rng_state,
 )
+from domainbed.scripts.collect_results import print_row
 from domainbed.training.evaluation import InputPolicy, evaluate
 from domainbed.training.loaders import dataset_labels
 from domainbed.training.tee import Tee
@@ -111,19 +112,6 @@ def pdb() -> None:
 
 def print_separator() -> None:
     print("=" * 80)
-
-
-def print_row(row: Sequence[Any], colwidth: int = 10, latex: bool = False) -> None:
-    """Print ``row`` as fixed-width cells (floats with 10 decimals, each cell cut or padded
-    to ``colwidth``), joined by two spaces, or as a LaTeX row (`` & ``, ``\\\\``)."""
-
-    def cell(value: Any) -> str:
-        if np.issubdtype(type(value), np.floating):
-            value = f"{value:.10f}"
-        return str(value).ljust(colwidth)[:colwidth]
-
-    sep, end = (" & ", "\\\\") if latex else ("  ", "")
-    print(sep.join(cell(v) for v in row), end)
 
 
 def l2_between_dicts(dict_1: Mapping[str, torch.Tensor], dict_2: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -30,9 +30,9 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
-from domainbed.lib.misc import print_row
 from domainbed.model_selection import (
     DEFAULT_SELECTION,
     SELECTION_METHODS,
@@ -245,10 +245,23 @@ def format_mean(data: Iterable[float], latex: bool) -> tuple[float | None, float
     return mean, err, f"{mean:.1f} {pm} {err:.1f}"
 
 
+def print_row(row: Sequence[object], colwidth: int = 10, latex: bool = False) -> None:
+    """Print ``row`` as DomainBed does: fixed-width cells (floats with 10 decimals, each cell
+    cut or padded to ``colwidth``) joined by two spaces, or a LaTeX row (`` & ``, ``\\\\``)."""
+
+    def cell(value: object) -> str:
+        if np.issubdtype(type(value), np.floating):
+            value = f"{value:.10f}"
+        return str(value).ljust(colwidth)[:colwidth]
+
+    sep, end = (" & ", "\\\\") if latex else ("  ", "")
+    print(sep.join(cell(v) for v in row), end)
+
+
 def print_table(table: Sequence[Sequence[object]], header_text: str, row_labels: Sequence[str],
                 col_labels: Sequence[str], colwidth: int = 10, latex: bool = True) -> None:
     """Print ``table`` (rows of cells, without labels) as DomainBed does: ``row_labels`` in a
-    first column under ``col_labels[0]``, fixed-width cells (:func:`domainbed.lib.misc.print_row`),
+    first column under ``col_labels[0]``, fixed-width cells (:func:`print_row`),
     ``header_text`` above a text table, a booktabs ``tabular`` in LaTeX. The arguments are
     not modified."""
     print("")
