@@ -1,21 +1,21 @@
-"""Model selection: which hparam seed and checkpoint stand for an algorithm.
+"""Model selection under DomainBed's module name: which hparam seed and checkpoint stand for an algorithm.
 
-The rules (training-domain validation, leave-one-domain-out, test-domain oracle) live in
-:mod:`domainbed.results.selection` and are re-exported here under DomainBed's module name.
-This module adds what ``lib`` may not know, read from what the algorithms declared when
-they were registered: which algorithms report an averaged model (SWAD and every variant
-built on it), so callers can pass :func:`reports_averaged_model` to :func:`prepare_records`, which lists the runs of such algorithms that never
-wrote their averaged record; and which pairs of algorithms the reports compare
-(:func:`paired_comparisons`). DomainBed's class names
-(``IIDAccuracySelectionMethod``, ``LeaveOneOutSelectionMethod``, ``OracleSelectionMethod``)
-are the same rules, for scripts written against DomainBed.
+The rules (training-domain validation, leave-one-domain-out, test-domain oracle, ERM++'s
+auto-LR rule) live in :mod:`domainbed.results.selection` and are re-exported here, with
+DomainBed's class names (``IIDAccuracySelectionMethod``, ``IIDAutoLRAccuracySelectionMethod``,
+``LeaveOneOutSelectionMethod``, ``OracleSelectionMethod``: the same rules with DomainBed's
+titles) and its ``get_test_records``, for scripts written against DomainBed. Nothing here
+computes: besides the re-exports, it asks the algorithm registry what the results package
+may not know (it knows no algorithm), which algorithms report an averaged model
+(:func:`reports_averaged_model`, for :func:`prepare_records` to list the runs that never
+wrote their averaged record) and which pairs the reports compare (:func:`paired_comparisons`).
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-from domainbed.results.query import Q
+from domainbed.results.record_dicts import get_test_records
 from domainbed.results.selection import (
     AVERAGED_CKPT,
     DEFAULT_SELECTION,
@@ -111,7 +111,3 @@ class OracleSelectionMethod(OracleSelection):
 
     name = "test-domain validation set (oracle)"
 
-
-def get_test_records(records: Iterable[dict]) -> Q:
-    """The records of runs with a single test env (DomainBed's helper of the same name)."""
-    return Q(records).filter(lambda r: len(r["args"]["test_envs"]) == 1)

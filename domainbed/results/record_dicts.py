@@ -57,3 +57,8 @@ def get_grouped_records(records: Iterable[dict[str, Any]]) -> Q:
         {"trial_seed": t, "dataset": d, "algorithm": a, "test_env": e, "records": group}
         for (t, d, a, e), group in groups.items()
     )
+
+
+def get_test_records(records: Iterable[dict[str, Any]]) -> Q:
+    """The records of runs with a single test env (DomainBed's ``model_selection.get_test_records``)."""
+    return Q(records).filter(lambda r: len(r["args"]["test_envs"]) == 1)
