@@ -9,7 +9,7 @@ by SLURM before pre-emption) exits 143 and SIGINT (Ctrl-C) 130 at any moment, af
 a checkpoint if it came during training; a second Ctrl-C stops at once, without saving.
 Data-loader workers ignore both: the main process owns the shutdown. Every file is replaced atomically and checkpoints are verified once on
 disk, so a kill or a damaged file loses at most the steps since the last good checkpoint;
-one ``train`` process at a time holds the output folder (README.md, "Failure modes", lists
+one ``train`` process at a time holds the output folder (docs/robustness.md lists
 each failure and what is kept).
 
 Exit statuses: 0 done, 1 storage fault, 2 user error (one ``error:`` line, no traceback),

@@ -1,5 +1,5 @@
 """The fault-injection test hook: :func:`fault_point` fails a run at a named point when
-``DOMAINBED_FAULT`` asks for it (README.md, "Failure modes"); unset, it is one environment
+``DOMAINBED_FAULT`` asks for it (docs/robustness.md); unset, it is one environment
 lookup and does nothing. :func:`damage_file` damages a file as failing storage does.
 
 The tests kill, stop, crash and damage real training runs through it, at every point where
