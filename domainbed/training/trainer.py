@@ -75,7 +75,7 @@ class Trainer:
         self.algorithm = algorithm_class(self.dataset.input_shape, self.dataset.num_classes, len(self.train_envs),
                                          self.hparams)
         self.algorithm.setup(self.device)
-        self.algorithm.configure_schedule(self.steps)  # hparams optimizer / lr_schedule (lib/optim.py)
+        self.algorithm.configure_schedule(self.steps)  # hparams optimizer / lr_schedule (algorithms/optim.py)
 
     def _make_splits(self) -> None:
         args = self.args
