@@ -108,21 +108,57 @@ def test_a_cycle_is_detected() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-# DomainBed's import names, kept as re-exports of the results package for users' scripts
-# (tests/test_results_room.py checks that they define nothing of their own), and DomainBed's
-# misc, whose helpers re-export or wrap ours (nothing of ours imports it: see below).
-DOMAINBED_FACADES = {"domainbed.lib.query", "domainbed.lib.reporting", "domainbed.lib.misc"}
+# Rooms, bottom to top: a module imports only its own room and rooms of a lower rank, so
+# rooms of one rank are independent of each other (training and results, say).
+# DomainBed's import names form the top room "faces": lib.query and lib.reporting re-export
+# results/, lib.misc re-exports or wraps helpers from several rooms (tests/test_results_room.py
+# and tests/test_training_room.py check that nothing of ours imports them).
+ROOM_RANKS = {
+    "lib": 0, "version": 0,
+    "networks": 1, "datasets": 1,
+    "algorithms": 2,
+    "hparams_registry": 3,
+    "training": 4, "results": 4,
+    "model_selection": 5, "launchers": 5,
+    "sweep": 6, "inference": 6,
+    "scripts": 7, "command_launchers": 7,
+    "faces": 8, "domainbed": 8,
+}
+FACES = {"domainbed.lib.query", "domainbed.lib.reporting", "domainbed.lib.misc"}
 
 
-def test_lib_imports_nothing_above_it() -> None:
-    upward = {
+def room_of(module: str) -> str:
+    """``domainbed.<room>[...]``, DomainBed's faces in a room of their own."""
+    if module in FACES:
+        return "faces"
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "domainbed"
+
+
+def imports_against_the_layers(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    return {
         (name, dep)
-        for name, deps in import_graph().items()
-        if name.startswith("domainbed.lib.") and name not in DOMAINBED_FACADES
+        for name, deps in graph.items()
         for dep in deps
-        if not dep.startswith("domainbed.lib")
+        if room_of(dep) != room_of(name) and ROOM_RANKS[room_of(dep)] >= ROOM_RANKS[room_of(name)]
     }
-    assert upward == set(), "lib/ must not import the layers above it: pass what it needs in"
+
+
+def test_every_room_has_a_rank() -> None:
+    assert {room_of(name) for name in import_graph()} == set(ROOM_RANKS)
+
+
+def test_imports_go_down_the_rooms() -> None:
+    assert imports_against_the_layers(import_graph()) == set(), \
+        "a room imports only lower rooms: pass what it needs in (see docs/design.md §2)"
+
+
+def test_an_import_against_the_layers_is_found() -> None:
+    graph = {"domainbed.lib.errors": {"domainbed.training.trainer"},
+             "domainbed.results.records": {"domainbed.training.loaders"},
+             "domainbed.scripts.train": {"domainbed.training.trainer"}}
+    assert imports_against_the_layers(graph) == {("domainbed.lib.errors", "domainbed.training.trainer"),
+                                                 ("domainbed.results.records", "domainbed.training.loaders")}
 
 
 def test_algorithm_base_class_carries_no_reporting_traits() -> None:
