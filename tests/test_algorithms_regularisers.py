@@ -1,4 +1,5 @@
-"""Tier-2 algorithms: each penalty against an independent computation (closed form, naive
+"""The regularisers of DomainBed's later table (Fish, Fishr, IGA, ANDMask, TRM, EQRM, SD,
+SelfReg, ...): each penalty against an independent computation (closed form, naive
 loop, scipy, per-sample autograd), each algorithm's specific behaviour, and resuming."""
 
 from __future__ import annotations

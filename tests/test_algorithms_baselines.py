@@ -1,5 +1,6 @@
-"""DomainBed's Tier-1 algorithms: each penalty against an independent computation, each
-algorithm's defining behaviour, and a resume that continues exactly."""
+"""DomainBed's baseline algorithms (its Tier-1 table and the other long-standing ones): each
+penalty against an independent computation, each algorithm's defining behaviour, and a resume
+that continues exactly."""
 
 from __future__ import annotations
 
