@@ -361,6 +361,7 @@ def comparable(records):
     return [{k: v for k, v in r.items() if k not in ("step_time", "mem_gb", "args")} for r in records]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NEWER)
 def test_trains_from_the_command_line_and_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, name):
     monkeypatch.setattr(ERMPlusPlus, "SMA_START", 3)  # averaging starts before the crash

@@ -123,6 +123,7 @@ def test_keeper_replaces_only_on_improvement_and_resumes_from_the_records(tmp_pa
     assert not (tmp_path / BEST_MODEL).exists() and fresh.step is None
 
 
+@pytest.mark.slow
 def test_an_averaging_algorithm_keeps_and_exports_its_averaged_model(tmp_path: Path) -> None:
     train.main(["--dataset", "Debug28", "--algorithm", "SWAD", "--output_dir", str(tmp_path / "swad"), "--steps", "6",
                 "--checkpoint_freq", "1", "--test_envs", "0",

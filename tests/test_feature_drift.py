@@ -184,6 +184,7 @@ def untouched_copy(job: Path, dest: Path, seed: int = 0) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_a_job_whose_features_never_moved_has_cka_1_and_distance_0(sweep, tmp_path):
     for name, modes in (("cnnjob", ("as_trained",)), ("litejob", ("as_trained", "running"))):
         job = untouched_copy(sweep / name, tmp_path / name)
@@ -194,6 +195,7 @@ def test_a_job_whose_features_never_moved_has_cka_1_and_distance_0(sweep, tmp_pa
             assert drift.prior_spread > 0
 
 
+@pytest.mark.slow
 def test_a_trained_job_is_measured_on_its_whole_test_domain(sweep):
     drift = measure_job(sweep / "litejob")
     row = drift.to_json()

@@ -182,6 +182,7 @@ def test_bad_ftlp_hparams_are_explained(debug28):
         make("ERM_FTLP", debug28, ftlp_prior_var="learned", ftlp_posterior="sample")
 
 
+@pytest.mark.slow
 def test_swad_state_survives_a_checkpoint_round_trip(debug28, tmp_path):
     from domainbed.training.atomic_files import save_verified
     from domainbed.training.integrity import load_verified

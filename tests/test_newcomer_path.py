@@ -46,6 +46,7 @@ def write_image_folder(root: Path, domains: int = 3, classes: int = 2, per_class
     return fx.write_files(root, files)
 
 
+@pytest.mark.slow
 def test_readme_folder_example_runs_offline_as_written(tmp_path, empty_torch_hub, capsys):
     argv = readme_train_command(FOLDER_IN_README)
     folder = write_image_folder(tmp_path / "my_domains")

@@ -204,6 +204,7 @@ def run(tmp_path: Path, name: str) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_run_interrupted_mid_warmup_resumes_like_the_uninterrupted_one(tmp_path, monkeypatch):
     ref = read_jsonl(run(tmp_path, "ref") / "results.jsonl")
     real_save = train.Trainer._save_checkpoint

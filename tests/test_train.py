@@ -71,6 +71,7 @@ def test_tensorboard_has_every_loss_and_accuracy(tmp_path):
         assert key in tags, tags
 
 
+@pytest.mark.slow
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
     ref = read_jsonl(run(tmp_path, "ref") / "results.jsonl")
 
@@ -210,6 +211,7 @@ def test_user_error_in_the_loop_is_one_line_and_exit_2(tmp_path, monkeypatch, ca
     assert "Traceback" not in (out / "err.txt").read_text() + capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_with_other_arguments_is_refused(tmp_path, capsys):
     run(tmp_path, "a", "--skip_model_save")
     (tmp_path / "a" / "done").unlink()
