@@ -372,6 +372,7 @@ def test_bf16_autocast_step(debug28, name):
     ("IRM", {"irm_penalty_anneal_iters": 3, "irm_lambda": 50.0}),  # the switch happens after the resume
     ("DANN", {"d_steps_per_g_step": 2}),  # own update, two optimizer groups; resumed: disc, disc, gen
 ])
+@pytest.mark.slow
 def test_resumed_copy_continues_like_the_uninterrupted_run(debug28, tmp_path, name, overrides):
     torch.manual_seed(0)
     run = make(name, debug28, **overrides)

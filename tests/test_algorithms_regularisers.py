@@ -370,6 +370,7 @@ def test_trm_fits_heads_updates_alpha_and_adds_transfer_risk(debug28):
     ("Fishr", {"penalty_anneal_iters": 3}),  # EMA buffer
     ("TRM", {"iters": 1}),  # heads and alpha
 ])
+@pytest.mark.slow
 def test_resumed_copy_continues_like_an_uninterrupted_run(debug28, name, overrides):
     schedule = [batches(debug28, offset=8 * i) for i in range(4)]
     ref = make(name, debug28, **overrides)

@@ -66,6 +66,7 @@ def test_model_best_holds_the_step_training_domain_validation_selects(sweep: Pat
     assert records[-1]["env0_out_nll"] == records[-1]["env0_out_loss"]
 
 
+@pytest.mark.slow
 def test_skip_model_save_keeps_no_best_model(tmp_path: Path) -> None:
     out = train_debug28(tmp_path / "skip", "--skip_model_save")
     assert not (out / BEST_MODEL).exists() and not (out / "model.pt").exists()
