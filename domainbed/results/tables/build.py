@@ -32,7 +32,7 @@ CELL_NOTE_TAIL = (
     "n = trials per cell, (n=k) marks a cell with fewer; X = missing."
 )
 CELL_NOTE = ACC.title + CELL_NOTE_TAIL
-SWAD_NOTE = "SWAD-family rows use the final averaged model."
+AVERAGED_MODEL_NOTE = "SWAD-family rows use the final averaged model."
 AVERAGE_NOTE = (
     "A trial seed counts only when it has every test domain of the dataset; X = no such trial "
     "(a table of averages over the domains run follows when a sweep ran only some)."
@@ -51,7 +51,7 @@ def _stat_lookup(stats: pd.DataFrame, keys: list[str]) -> dict[tuple, Stat]:
 def _caption(head: str, method_title: str, layout: SweepLayout, algorithms: list[str], metric: TableMetric = ACC) -> str:
     parts = [f"{head} — selection: {method_title}.", metric.title + CELL_NOTE_TAIL]
     if layout.averaged & set(algorithms):
-        parts.append(SWAD_NOTE)
+        parts.append(AVERAGED_MODEL_NOTE)
     return " ".join(parts)
 
 
@@ -141,7 +141,7 @@ def gain_tables(selected: pd.DataFrame, method: str, method_title: str, layout: 
             f"{'negative' if metric.lower_is_better else 'positive'} favours A. n = paired trials."
         )
         if layout.averaged & {a for pair in pairs for a in pair}:
-            caption += " " + SWAD_NOTE
+            caption += " " + AVERAGED_MODEL_NOTE
         tables.append(Table(f"{method}/gains/{dataset}", caption, list(layout.domain_names(dataset)), rows, "Comparison",
                             **_fmt(metric)))
     return tables
