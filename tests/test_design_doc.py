@@ -37,3 +37,16 @@ def test_a_module_left_out_is_listed(tmp_path: Path) -> None:
         (package / path).write_text("")
     assert unnamed("named.py and rooms/", package) == ["domainbed/rooms/forgotten.py"]
     assert unnamed("named, forgotten", package) == ["domainbed/rooms/"]
+
+
+def test_every_package_folder_says_who_uses_it() -> None:
+    import ast
+
+    silent = []
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        if init.parent == PACKAGE:
+            continue
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        if not re.search(r"\b(who uses it|used by|uses? (it|them|this))\b", doc, re.IGNORECASE):
+            silent.append(str(init.parent.relative_to(REPO)))
+    assert silent == [], "each package's docstring says who uses it ('Who uses it: ...')"

@@ -8,6 +8,10 @@ registered base algorithm that declares ``EXPOSES_FEATURES = True`` gets its
 
 Besides the classes, the registry answers what the results code asks of an algorithm
 (:func:`comparisons`, :func:`reports_averaged_model`), from what each registration declared.
+
+Who uses it: training (the update loop), hparams_registry (the declared hparams),
+model_selection (what each registration declares for reports) and inference (rebuilding a
+model).
 """
 
 from domainbed.algorithms.base import Algorithm

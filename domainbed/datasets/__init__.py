@@ -2,6 +2,8 @@
 
 Importing this package imports every module in this folder, so a new dataset is one new
 file with ``@register_dataset``.
+
+Who uses it: training (a run's data), sweep (domains and test-env sets), results (domain names in tables) and inference.
 """
 
 from __future__ import annotations

@@ -8,4 +8,6 @@
   their table and reliability diagram;
 - :mod:`.feature_drift`: how far a finished job's features moved from the pre-trained prior's
   on its held-out domain (linear CKA, mean squared distance).
+
+Who uses it: the scripts export_model, evaluate, predict and feature_drift, ``domainbed.load_model`` and notebooks.
 """

@@ -9,6 +9,8 @@
 
 Every other module of this package is imported here, so a new launcher is one new file
 whose function carries ``@register_launcher("name")``.
+
+Who uses it: the sweep script and sweep/ (which launcher runs the jobs).
 """
 
 from domainbed.launchers.claims import LOCK_NAME, LOG_NAME, LockStatus, claim, lock_status, read_lock, release

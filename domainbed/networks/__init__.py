@@ -4,6 +4,8 @@
 is_nonlinear)`` are DomainBed's constructors, for scripts written against DomainBed; our
 own code builds with :func:`build_featurizer` and :func:`build_classifier`, and the
 featurizer's class is :class:`domainbed.networks.backbones.Featurizer`.
+
+Who uses it: the algorithms (featurizer and classifier), FT-LP's prior, and inference (rebuilding an exported model).
 """
 
 from __future__ import annotations

@@ -9,4 +9,6 @@
 
 The sub-commands (``launch``, ``delete_incomplete``, ``status``) and ``main(argv)`` are in
 the script itself.
+
+Who uses it: ``domainbed.scripts.sweep`` only.
 """

@@ -2,6 +2,8 @@
 
 Only ``python -m domainbed.scripts.download`` calls them. A new one is a new module here
 with a :class:`Downloader` subclass decorated with ``@register_downloader``.
+
+Who uses it: ``python -m domainbed.scripts.download`` only.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@
 
 Nothing here knows a dataset or an algorithm by name: the caller passes the domain names,
 the algorithms that report an averaged model and the pairs to compare in the layout.
+
+Who uses it: collect_results and list_top_hparams, the figures in results/, the evidence reports and inference's evaluate report.
 """
 
 from domainbed.results.tables.build import averages_table, dataset_tables, gain_tables, run_domains_table
