@@ -53,7 +53,7 @@ def server(tmp_path, monkeypatch):
     served.mkdir()
     handler = type("Handler", (_Handler,), {"html_names": set(), "requests": []})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(served)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     yield served, f"http://127.0.0.1:{httpd.server_address[1]}/", handler
