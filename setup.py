@@ -27,7 +27,11 @@ setup(
     license="MIT",
     packages=find_packages(include=["domainbed", "domainbed.*"]) + [f"domainbed.resources.{d}" for d in RESOURCES],
     package_dir={f"domainbed.resources.{d}": d for d in RESOURCES},
-    package_data={f"domainbed.resources.{d}": patterns for d, patterns in RESOURCES.items()},
+    package_data={
+        **{f"domainbed.resources.{d}": patterns for d, patterns in RESOURCES.items()},
+        # published reference rows (results/tables/reference.py reads them)
+        "domainbed.results.tables": ["*.json"],
+    },
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -225,11 +225,11 @@ def _records(algorithms: list[str]) -> pd.DataFrame:
 
 def test_runs_missing_their_average_are_found_by_trait_not_by_name() -> None:
     df = _records(["SWAD", "SWAD_FTLP", "ERM", "SWADish"])
-    assert model_selection.prepare_records(df, model_selection.reports_averaged_model).swad_fallback_dirs == [
+    assert model_selection.prepare_records(df, model_selection.reports_averaged_model).averaged_fallback_dirs == [
         "run_SWAD", "run_SWAD_FTLP"]
     # the results package knows no algorithm: the caller says which ones average.
-    assert selection.prepare_records(df).swad_fallback_dirs == []
-    assert selection.prepare_records(df, lambda a: a == "SWADish").swad_fallback_dirs == ["run_SWADish"]
+    assert selection.prepare_records(df).averaged_fallback_dirs == []
+    assert selection.prepare_records(df, lambda a: a == "SWADish").averaged_fallback_dirs == ["run_SWADish"]
 
 
 def test_selection_methods_are_a_registry() -> None:

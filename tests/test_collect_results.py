@@ -201,7 +201,7 @@ def test_swad_uses_only_the_averaged_record(load):
     swad = prepared.df[prepared.df["algorithm"].str.startswith("SWAD")]
     per_run = swad.groupby("output_dir")["averaged"].agg(["all", "size"])
     fallback = [d for d in per_run.index if d.endswith("ToyA_SWAD_FTLP_te0_hp0_tr2")]
-    assert len(fallback) == 1 and prepared.swad_fallback_dirs == fallback
+    assert len(fallback) == 1 and prepared.averaged_fallback_dirs == fallback
     assert per_run.drop(fallback)["all"].all() and (per_run.drop(fallback)["size"] == 1).all()
     assert per_run.loc[fallback[0], "size"] == len(fx.STEPS)
     assert any("no averaged-model record" in n for n in prepared.notes())
@@ -396,7 +396,8 @@ def test_collect_text_counts_and_captions(sweep):
     for title in ("training-domain validation", "leave-one-domain-out validation", "test-domain validation (oracle)"):
         assert f"Model selection: {title}" in out
         assert f"ToyA - selection: {title}" in out
-    assert "SWAD-family rows use the final averaged model" in out
+    # the caption names the averaging algorithms a table shows, and only those
+    assert "SWAD, SWAD_FTLP rows use the final averaged model" in out
     assert "ERM_FTLP - MIRO" in out and "SWAD_FTLP - SWAD" in out  # plain text: ASCII minus
 
 

@@ -71,16 +71,16 @@ def test_lambda_curve_pairs_runs_by_hparams_seed():
                 rows.append(rec)
     df = pd.DataFrame(rows)
     df["test_env"] = df["test_env"].astype("Int64")
-    points = plotting_gains.lambda_points(df).set_index("hparams_seed")
+    points = plotting_gains.lambda_points(df, algorithm="ERM_FTLP").set_index("hparams_seed")
     assert points.loc[1, "ftlp_lambda"] == 0.01 and points.loc[2, "ftlp_lambda"] == 0.1
     assert points.loc[1, "test_acc"] == pytest.approx(70.0) and points.loc[2, "test_acc"] == pytest.approx(60.0)
     assert (points["n_domains"] == 2).all()
-    fig = plotting_gains.plot_lambda_curve(df)
+    fig = plotting_gains.plot_lambda_curve(df, algorithm="ERM_FTLP")
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     # λ in [0.01, 0.1]: whole decades around the points, and no minor tick labels to overlap
     assert ax.get_xlim() == pytest.approx((1e-3, 1.0))
     fig.canvas.draw()
     assert all(not t.get_text() for t in ax.xaxis.get_minorticklabels())
-    empty = plotting_gains.plot_lambda_curve(None)
+    empty = plotting_gains.plot_lambda_curve(None, algorithm="ERM_FTLP")
     assert "no hparam-search records yet" in empty.axes[0].texts[0].get_text()

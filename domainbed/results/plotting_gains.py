@@ -6,7 +6,7 @@
     comparisons = model_selection.paired_comparisons(records["algorithm"].unique())
     fig = plotting_gains.plot_arm_accuracy(records, "training_domain")
     fig = plotting_gains.plot_paired_gains(records, "training_domain", comparisons)
-    fig = plotting_gains.plot_lambda_curve(hparam_records, "training_domain")
+    fig = plotting_gains.plot_lambda_curve(hparam_records, "training_domain", algorithm="ERM_FTLP")
 
 FT-LP (arXiv 2406.05628) is judged by paired gains over its base. Every gain drawn is one
 of :func:`domainbed.results.paired_gains.paired_gains` (mean and SE = sample std / √n over
@@ -176,7 +176,7 @@ def plot_paired_gains(
 
 
 def lambda_points(
-    records: Records, selection: str = "training_domain", algorithm: str = "ERM_FTLP", key: str = "ftlp_lambda"
+    records: Records, selection: str = "training_domain", *, algorithm: str, key: str = "ftlp_lambda"
 ) -> pd.DataFrame:
     """One row per (hparams_seed, trial_seed) run set of ``algorithm``: the λ it drew (``key``)
     and its test accuracy (points) at the checkpoint ``selection`` picks, mean over the domains run."""
@@ -194,7 +194,7 @@ def lambda_points(
 
 
 def plot_lambda_curve(
-    records: Records | None, selection: str = "training_domain", algorithm: str = "ERM_FTLP",
+    records: Records | None, selection: str = "training_domain", *, algorithm: str,
     baseline: str = "ERM", key: str = "ftlp_lambda",
 ) -> plt.Figure:
     """Test accuracy of ``algorithm`` against the λ each random-search run drew (log x).
@@ -204,10 +204,10 @@ def plot_lambda_curve(
     any ``algorithm`` run give a figure that says so.
     """
     df = _frame(records) if records is not None else pd.DataFrame()
-    points = lambda_points(df, selection, algorithm, key) if not df.empty else pd.DataFrame()
+    points = lambda_points(df, selection, algorithm=algorithm, key=key) if not df.empty else pd.DataFrame()
     if points.empty:
         return _empty_figure(f"no hparam-search records yet ({algorithm} vs its sampled {key})")
-    base = lambda_points(df, selection, baseline, key).drop(columns=[key])
+    base = lambda_points(df, selection, algorithm=baseline, key=key).drop(columns=[key])
     paired = points.merge(base, on=["hparams_seed", "trial_seed"], how="left", suffixes=("", "_base"))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(paired[key], paired["test_acc"], "o", color="C0", label=f"{algorithm}")

@@ -53,15 +53,15 @@ class PreparedRecords:
     """Records ready for selection plus the runs that should have, but lack, an averaged record."""
 
     df: pd.DataFrame
-    swad_fallback_dirs: list[str]
+    averaged_fallback_dirs: list[str]
 
     def notes(self) -> list[str]:
-        if not self.swad_fallback_dirs:
+        if not self.averaged_fallback_dirs:
             return []
-        shown = ", ".join(self.swad_fallback_dirs[:3])
-        more = ", ..." if len(self.swad_fallback_dirs) > 3 else ""
+        shown = ", ".join(self.averaged_fallback_dirs[:3])
+        more = ", ..." if len(self.averaged_fallback_dirs) > 3 else ""
         return [
-            f"Note: {len(self.swad_fallback_dirs)} runs of averaging algorithms (SWAD, ...) have no averaged-model record; "
+            f"Note: {len(self.averaged_fallback_dirs)} runs of averaging algorithms have no averaged-model record; "
             f"their ordinary checkpoints were used instead ({shown}{more})."
         ]
 
@@ -81,7 +81,7 @@ def prepare_records(
     """Keep only the averaged record of runs that have one; add ``ckpt`` and ``n_envs``.
 
     ``averaged_model(algorithm)`` says which algorithms report an averaged model; their
-    runs without an averaged record are listed in ``swad_fallback_dirs`` (none when it is
+    runs without an averaged record are listed in ``averaged_fallback_dirs`` (none when it is
     not given: selection itself does not depend on it). Idempotent: prepared records pass
     through unchanged.
     """

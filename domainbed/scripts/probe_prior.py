@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from domainbed import hparams_registry
-from domainbed.algorithms.ftlp.probe import probe_prior
+from domainbed.algorithms.ftlp.probe import DEFAULT_ALGORITHM, probe_prior
 from domainbed.datasets import build_dataset
 from domainbed.lib.errors import UserError
 from domainbed.networks.backbones import resolve_backbone_name
@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="RotatedMNISTSubset",
                    help="a registered dataset name, or the path of a ROOT/<domain>/<class>/<image> folder")
     p.add_argument("--data_dir", default="./domainbed/data/")
-    p.add_argument("--algorithm", default="ERM_FTLP",
-                   help="whose hparams (defaults and valid keys) --hparams is read against; the prior is the same")
+    p.add_argument("--algorithm", default=DEFAULT_ALGORITHM,
+                   help=f"whose hparams (defaults and valid keys) --hparams is read against (default {DEFAULT_ALGORITHM}); the prior is the same")
     p.add_argument("--hparams", default=None, help='JSON overrides, e.g. \'{"image_size": 64, "freeze_bn": true}\'')
     p.add_argument("--test_envs", type=int, nargs="+", default=None,
                    help="domains to hold out, each in turn (default: every domain)")

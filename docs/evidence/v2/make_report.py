@@ -389,7 +389,7 @@ def figures(records: str, hparam_records: str, out: Path) -> list[Path]:
         "gains_per_domain_oracle.png": plotting_gains.plot_paired_gains(
             df, "oracle", [c for c in EVIDENCE_COMPARISONS if c != CONTROL]),
         "control.png": plotting_gains.plot_paired_gains(df, "training_domain", [CONTROL, ("ERM_FTLP", "ERM")]),
-        "lambda.png": plotting_gains.plot_lambda_curve(hp if hp is not None and not hp.empty else None),
+        "lambda.png": plotting_gains.plot_lambda_curve(hp if hp is not None and not hp.empty else None, algorithm="ERM_FTLP"),
     }
     paths = []
     for name, fig in drawn.items():

@@ -10,6 +10,7 @@ number of trials behind any cell of the row, and a cell resting on fewer says so
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -32,11 +33,16 @@ CELL_NOTE_TAIL = (
     "n = trials per cell, (n=k) marks a cell with fewer; X = missing."
 )
 CELL_NOTE = ACC.title + CELL_NOTE_TAIL
-AVERAGED_MODEL_NOTE = "SWAD-family rows use the final averaged model."
+
 AVERAGE_NOTE = (
     "A trial seed counts only when it has every test domain of the dataset; X = no such trial "
     "(a table of averages over the domains run follows when a sweep ran only some)."
 )
+
+
+def averaged_model_note(averaged: Iterable[str]) -> str:
+    """The caption sentence for rows whose reported model is an average of weights."""
+    return f"{', '.join(sorted(averaged))} rows use the final averaged model."
 
 
 def _stat_lookup(stats: pd.DataFrame, keys: list[str]) -> dict[tuple, Stat]:
@@ -51,7 +57,7 @@ def _stat_lookup(stats: pd.DataFrame, keys: list[str]) -> dict[tuple, Stat]:
 def _caption(head: str, method_title: str, layout: SweepLayout, algorithms: list[str], metric: TableMetric = ACC) -> str:
     parts = [f"{head} — selection: {method_title}.", metric.title + CELL_NOTE_TAIL]
     if layout.averaged & set(algorithms):
-        parts.append(AVERAGED_MODEL_NOTE)
+        parts.append(averaged_model_note(layout.averaged & set(algorithms)))
     return " ".join(parts)
 
 
@@ -141,7 +147,7 @@ def gain_tables(selected: pd.DataFrame, method: str, method_title: str, layout: 
             f"{'negative' if metric.lower_is_better else 'positive'} favours A. n = paired trials."
         )
         if layout.averaged & {a for pair in pairs for a in pair}:
-            caption += " " + AVERAGED_MODEL_NOTE
+            caption += " " + averaged_model_note(layout.averaged & {a for pair in pairs for a in pair})
         tables.append(Table(f"{method}/gains/{dataset}", caption, list(layout.domain_names(dataset)), rows, "Comparison",
                             **_fmt(metric)))
     return tables
