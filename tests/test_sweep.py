@@ -455,11 +455,23 @@ def test_sweep_file_values_are_parsed_by_the_flags_themselves(fake: SimpleNamesp
         ({"hparams": [1]}, "'hparams' must be a single value"),
         ({"hparams": 5}, "'hparams' must be a JSON object"),
         ({"sweep": "other"}, r"unknown key\(s\) sweep"),
+        ({"comparisons": ["ERM_FTLP", "ERM"]}, r"'comparisons' must be a list of \[treatment, baseline\] name pairs"),
+        ({"algorithms": ["ERM"], "comparisons": [["CORAL", "ERM"]]}, "'comparisons' names CORAL, which the sweep does not run"),
     ]
     for content, message in bad:
         path = write_sweep(fake, {**base, **content})
         with pytest.raises(SystemExit, match=f"sweep file {path}: {message}"):
             sweep.main(["status", "--sweep", path])
+
+
+def test_sweep_file_declares_the_comparisons_its_report_shows(fake: SimpleNamespace) -> None:
+    base = {"datasets": ["Fake3"], "algorithms": ["ERM", "CORAL"], "output_dir": str(fake.out)}
+    plain = [job.output_dir for job in sweep.build_jobs(sweep.parse_args(["status", "--sweep", write_sweep(fake, base)]))]
+    assert sweep_file.sweep_comparisons(fake.root / "my_sweep.json") == []  # none declared
+    path = write_sweep(fake, {**base, "comparisons": [["CORAL", "ERM"], ["ERM", "CORAL"]]})
+    assert sweep_file.sweep_comparisons(path) == [("CORAL", "ERM"), ("ERM", "CORAL")]  # in the file's order
+    args = sweep.parse_args(["status", "--sweep", path])  # a file-only key: the jobs do not see it
+    assert not hasattr(args, "comparisons") and [job.output_dir for job in sweep.build_jobs(args)] == plain
 
 
 def test_packaged_sweeps_resolve_by_name_from_any_folder(fake: SimpleNamespace, monkeypatch) -> None:

@@ -1,7 +1,8 @@
 """``--sweep NAME``: find a sweep definition and read it through the script's own flags.
 
 A sweep file is a JSON object whose keys are flag names (``"n_trials": 3``) plus
-``description``. Each key becomes argv tokens (``--n_trials 3``) and is parsed by a copy of
+``description`` and ``comparisons`` (the paired comparisons its report shows, as
+``[treatment, baseline]`` pairs; :func:`sweep_comparisons`). Each key becomes argv tokens (``--n_trials 3``) and is parsed by a copy of
 the command line's actions, so nargs, types and choices are declared once, in the parser.
 The copy reads each token as JSON, which keeps the file's types strict: ``"3"`` is a
 string, not an int, and a list is only accepted by a flag that takes several values.
@@ -21,7 +22,7 @@ from typing import Any, Callable, NoReturn
 
 from domainbed.lib import resources
 
-FILE_ONLY_KEYS = frozenset({"description"})
+FILE_ONLY_KEYS = frozenset({"description", "comparisons"})
 _NOT_FILE_KEYS = frozenset({"sweep", "help"})
 
 
@@ -94,6 +95,26 @@ def _tokens(action: argparse.Action, value: Any, where: str) -> list[str]:
     return [flag, *map(json.dumps, value if takes_list else [value])]
 
 
+def _check_comparisons(value: Any, algorithms: Any, where: str) -> list[tuple[str, str]]:
+    """``value`` as (treatment, baseline) pairs, each name among the sweep's ``algorithms``."""
+    if not isinstance(value, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p) for p in value):
+        raise ValueError(f'{where} must be a list of [treatment, baseline] name pairs, e.g. [["ERM_FTLP", "ERM"]]')
+    if isinstance(algorithms, list):
+        missing = sorted({n for p in value for n in p} - set(algorithms))
+        if missing:
+            raise ValueError(f"{where} names {', '.join(missing)}, which the sweep does not run; "
+                             f"add them to 'algorithms' or drop those pairs")
+    return [(t, b) for t, b in value]
+
+
+def sweep_comparisons(name: str | Path) -> list[tuple[str, str]]:
+    """The ``comparisons`` a sweep file declares for its report, in its order ([] when none)."""
+    path = resolve_sweep_path(str(name))
+    data = json.loads(path.read_text())
+    return _check_comparisons(data.get("comparisons", []), data.get("algorithms"), f"sweep file {path}: 'comparisons'")
+
+
 def load_sweep_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Read a sweep file into ``{flag dest: value}`` through ``parser``'s flags, key by key."""
     try:
@@ -108,6 +129,8 @@ def load_sweep_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, An
     unknown = sorted(set(data) - set(valid))
     if unknown:
         raise ValueError(f"sweep file {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
+    if "comparisons" in data:
+        _check_comparisons(data["comparisons"], data.get("algorithms"), f"sweep file {path}: 'comparisons'")
     values: dict[str, Any] = {}
     for key, value in data.items():
         if key in FILE_ONLY_KEYS:
