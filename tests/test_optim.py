@@ -185,11 +185,13 @@ def test_every_algorithm_trains_with_sgd_and_cosine_or_refuses_at_setup(name, de
         assert "sgd" not in type(alg).SUPPORTED_OPTIMIZERS, name
         return
     alg.configure_schedule(4)
-    batches = [(debug28[i].x[:8], debug28[i].y[:8]) for i in (1, 2)]
-    for t in range(2):
-        alg.apply_lr_schedule(t)
-        logs = alg.update(batches)
-        assert all(torch.isfinite(v) for v in logs.values()), logs
+    # one step of four images per domain shows the algorithm trains with SGD (67 algorithms:
+    # the walk is kept small); the scheduled rate of the next step is then set by hand
+    batches = [(debug28[i].x[:4], debug28[i].y[:4]) for i in (1, 2)]
+    alg.apply_lr_schedule(0)
+    logs = alg.update(batches)
+    assert all(torch.isfinite(v) for v in logs.values()), logs
+    alg.apply_lr_schedule(1)
     assert isinstance(alg.optimizer, torch.optim.SGD), type(alg.optimizer)
     factor = closed_form("cosine", 1, 4, 0)
     for group in alg.optimizer.param_groups:
