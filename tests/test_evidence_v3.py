@@ -24,6 +24,19 @@ def test_map_regenerates_from_the_committed_records(tmp_path):
     assert (tmp_path / "regime_map.png").stat().st_size > 0
 
 
+def test_training_hours_weigh_each_records_step_time_by_the_steps_since_the_previous():
+    import pandas as pd
+    records = pd.DataFrame({
+        "output_dir": ["a", "a", "a", "b", "b"],
+        "step": [0, 100, 399, 49, 99],
+        "step_time": [2.0, 1.0, 3.0, 0.5, 0.5],
+    })
+    # a: 1 step at 2 s, 100 at 1 s, 299 at 3 s; b: 50 steps and 50 steps at 0.5 s
+    expected = (1 * 2.0 + 100 * 1.0 + 299 * 3.0 + 50 * 0.5 + 50 * 0.5) / 3600
+    assert load_report_module().training_hours(records) == expected
+    assert load_report_module().training_hours(records.drop(columns="step_time")) == 0.0
+
+
 def test_probe_figures_quoted_in_the_readme_are_the_probe_files():
     readme = (V3 / "README.md").read_text()
     report = load_report_module()

@@ -105,6 +105,7 @@ def load_cells() -> pd.DataFrame:
         df = df[wanted]
         if v2:
             df = df[df["algorithm"].isin(V2_ARMS)]
+        df = df.assign(source="v2" if v2 else "v3")
         if not df.empty:
             frames.append(df)
     if not frames:
@@ -162,11 +163,26 @@ def markdown(gains: pd.DataFrame, arms: pd.DataFrame, records: pd.DataFrame) -> 
         lines.append("")
     lines += drift_lines(records)
     lines += miro_scale_lines()
-    hours = records.groupby("output_dir")["step_time"].sum().sum() / 3600 if "step_time" in records else 0.0
+    own = records[records["source"] == "v3"]
     lines += ["## Compute", "",
               f"{records['output_dir'].nunique()} finished jobs in these cells; the sum of their per-step times "
-              f"over the checkpoints' intervals is a lower bound of their training time: {hours:.1f} h.", ""]
+              f"over the checkpoints' intervals is a lower bound of their training time: {training_hours(records):.1f} h "
+              f"of one thread, of which evidence v3's own {own['output_dir'].nunique()} jobs: "
+              f"{training_hours(own):.1f} h (the rest are evidence v2's 32 px records).", ""]
     return "\n".join(lines)
+
+
+def training_hours(records: pd.DataFrame) -> float:
+    """Sum over jobs of each record's mean seconds per step times the steps since the job's
+    previous record (evaluation and start-up not counted: a lower bound)."""
+    if "step_time" not in records:
+        return 0.0
+    total = 0.0
+    for _, job in records.drop_duplicates(["output_dir", "step"]).groupby("output_dir"):
+        steps = job["step"].sort_values()
+        intervals = steps.diff().fillna(steps.iloc[0] + 1)
+        total += float((job.set_index("step").loc[steps, "step_time"].to_numpy() * intervals.to_numpy()).sum())
+    return total / 3600
 
 
 def drift_lines(records: pd.DataFrame) -> list[str]:
