@@ -34,6 +34,15 @@ def empty_torch_hub(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def debug28():
+    """DomainBed's Debug28 (three 28-px domains of 32 random images, env 0 held out), built
+    once for the session: the algorithm tests read it and never change it."""
+    from domainbed.datasets import build_dataset
+
+    return build_dataset("Debug28", None, [0], {})
+
+
+@pytest.fixture(scope="session")
 def records_fixture() -> ModuleType:
     """The synthetic-sweep module (:mod:`fixtures_records`): its layout constants and writers."""
     return fixtures_records

@@ -25,7 +25,6 @@ from domainbed.algorithms.penalties import coral_penalty
 from domainbed.algorithms.rsc import rsc_feature_mask, rsc_sample_mask
 from domainbed.algorithms.sagnet import randomize_content, randomize_style
 from domainbed.algorithms.vrex import vrex_penalty
-from domainbed.datasets import build_dataset
 from domainbed.lib.errors import UserError
 from domainbed.training.atomic_files import save_verified
 from domainbed.training.integrity import load_verified
@@ -185,11 +184,6 @@ def test_group_context_averages_consecutive_groups():
 
 
 # ---------------------------------------------------------------- algorithms on Debug28
-@pytest.fixture(scope="module")
-def debug28():
-    return build_dataset("Debug28", None, [0], {})
-
-
 def make(name, data, n_domains=2, **overrides):
     hparams = hparams_registry.default_hparams(name, "Debug28")
     hparams.update(batch_size=8, **overrides)

@@ -20,16 +20,10 @@ from domainbed.algorithms.ermplusplus import ERMPlusPlus
 from domainbed.algorithms.rdm import RDM_GAMMAS, rdm_matching_penalty, rdm_variance_penalty, worst_domain_losses
 from domainbed.algorithms.transfer import project_to_ball, risk_gap
 from domainbed.algorithms.urm import uniform_noise_like, urm_discriminator_loss, urm_generator_loss
-from domainbed.datasets import build_dataset
 from domainbed.scripts import train
 from domainbed.training.atomic_files import read_jsonl
 
 NEWER = ["ERMPlusPlus", "URM", "RDM", "Transfer", "ADRMX"]
-
-
-@pytest.fixture(scope="module")
-def debug28():
-    return build_dataset("Debug28", None, [0], {})
 
 
 def make(name, data, seed=0, **overrides):

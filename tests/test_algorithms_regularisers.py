@@ -34,12 +34,6 @@ from domainbed.algorithms.penalties import coral_penalty
 from domainbed.algorithms.sd import spectral_decoupling_penalty
 from domainbed.algorithms.selfreg import in_class_partners, selfreg_regularizer
 from domainbed.algorithms.trm import neumann_inverse_hvp
-from domainbed.datasets import build_dataset
-
-
-@pytest.fixture(scope="module")
-def debug28():
-    return build_dataset("Debug28", None, [0], {})
 
 
 def make(name, data, seed=0, **overrides):

@@ -8,12 +8,6 @@ import torch
 from domainbed import hparams_registry
 from domainbed.algorithms import get_algorithm_class
 from domainbed.algorithms.ftlp import FTLPConfig, PriorKL
-from domainbed.datasets import build_dataset
-
-
-@pytest.fixture(scope="module")
-def debug28():
-    return build_dataset("Debug28", None, [0], {})
 
 
 def make(name, data, **overrides):

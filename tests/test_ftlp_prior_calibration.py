@@ -107,11 +107,6 @@ def test_calibrated_prior_variance_is_kappa_times_the_floored_channel_variance()
     assert bool(module.calibrated) and module.calibrated.device.type == "cpu"
 
 
-@pytest.fixture(scope="module")
-def debug28():
-    return build_dataset("Debug28", None, [0], {})
-
-
 def debug_alg(data, **overrides):
     h = hparams_registry.default_hparams("ERM_FTLP", "Debug28")
     h.update({"batch_size": 8, **overrides})

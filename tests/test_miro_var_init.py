@@ -10,13 +10,7 @@ import torch.nn.functional as F
 from domainbed import hparams_registry
 from domainbed.algorithms import get_algorithm_class
 from domainbed.algorithms.ftlp.config import FTLPConfig
-from domainbed.datasets import build_dataset
 from domainbed.lib.errors import UserError
-
-
-@pytest.fixture(scope="module")
-def debug28():
-    return build_dataset("Debug28", None, [0], {})
 
 
 def miro(data, backbone: dict, **overrides):

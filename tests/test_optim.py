@@ -18,16 +18,10 @@ from domainbed import hparams_registry
 from domainbed.algorithms import algorithm_names, get_algorithm_class
 from domainbed.algorithms._support import restart_optimizer
 from domainbed.algorithms.optim import LARS, SGD_MOMENTUM, LRSchedule, build_optimizer, in_linear_phase, optimizer_name
-from domainbed.datasets import build_dataset
 from domainbed.lib.errors import UserError
 from domainbed.scripts import train
 from domainbed.training.atomic_files import read_jsonl
 from domainbed.training.integrity import load_verified
-
-
-@pytest.fixture(scope="module")
-def debug28():
-    return build_dataset("Debug28", None, [0], {})
 
 
 def make(name: str, data, **overrides):

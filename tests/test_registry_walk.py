@@ -7,13 +7,6 @@ import torch
 
 from domainbed import hparams_registry
 from domainbed.algorithms import algorithm_names, get_algorithm_class
-from domainbed.datasets import build_dataset
-
-
-@pytest.fixture(scope="module")
-def debug28():
-    return build_dataset("Debug28", None, [0], {})
-
 
 # DomainBed's default SAND-mask threshold tau = 1.0 masks every component (no step at all);
 # its random search draws tau < 1, which is what this walk needs to see a parameter move.

@@ -64,9 +64,17 @@ def _write_temp(path: Path, mode: str, write: Any) -> Path:
 
 def _atomic_write(path: str | os.PathLike, mode: str, write: Any) -> None:
     path = Path(path)
-    tmp = _write_temp(path, mode, write)
+    _replace_with(_write_temp(path, mode, write), path)
+
+
+def _replace_with(tmp: Path, path: Path, previous: str | os.PathLike | None = None) -> None:
+    """Put the written ``tmp`` in place of ``path`` (moving the old file to ``previous`` first,
+    when given) and fsync the folder; ``tmp`` is deleted if that fails."""
     try:
         fault_point(f"rename/{path.name}")
+        if previous is not None and path.exists():
+            os.replace(path, previous)
+            fault_point(f"rotated/{path.name}")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -110,16 +118,7 @@ def save_verified(state: Mapping[str, Any], path: str | os.PathLike, previous: s
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    try:
-        fault_point(f"rename/{path.name}")
-        if previous is not None and path.exists():
-            os.replace(path, previous)
-            fault_point(f"rotated/{path.name}")
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _replace_with(tmp, path, previous)
     fault_point(f"saved/{path.name}", path)
 
 
