@@ -30,7 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from domainbed.datasets import build_dataset
 from domainbed.lib.errors import UserError
+from domainbed.networks import build_featurizer
+from domainbed.networks.backbones import resolve_backbone_name
+from domainbed.training.atomic_files import read_jsonl
+from domainbed.training.integrity import DamagedFile, load_verified
 
 MAX_IMAGES = 2000  # default cap on the held-out images measured (a seeded subset above it)
 RUNNING_BATCH = 64  # images per forward pass on running statistics (the features do not depend on it)
@@ -143,7 +148,6 @@ class JobDrift:
 def read_job(job: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(args, model)`` of a finished job folder: its ``args.json`` and its ``model.pt``
     (the last step's weights, loaded with ``weights_only``)."""
-    from domainbed.training.integrity import DamagedFile, load_verified
 
     model_path = job / FINAL_MODEL
     if not model_path.is_file():
@@ -175,7 +179,6 @@ def build_pair(input_shape: tuple[int, ...], hparams: Mapping[str, Any], trained
     (backbone, pretrained weights from the local file, ``freeze_bn``), in eval mode, the
     first holding ``trained_state``. Without pretrained weights the prior is a fresh network
     seeded with ``seed`` (the global random state is left as it was)."""
-    from domainbed.networks import build_featurizer
 
     pretrained = bool(hparams.get("pretrained", False))
     with torch.random.fork_rng(devices=[]):
@@ -255,8 +258,6 @@ def measure_job(job: str | Path, data_dir: str | None = None, max_images: int | 
     64 otherwise, where it does not change the features and keeps 128-px activations small).
     Raises :class:`DriftError` for a job that cannot be measured.
     """
-    from domainbed.datasets import build_dataset
-    from domainbed.networks.backbones import resolve_backbone_name
 
     start = time.perf_counter()
     job = Path(job)
@@ -310,7 +311,6 @@ def measure_job(job: str | Path, data_dir: str | None = None, max_images: int | 
 
 def _last_step(job: Path) -> int | None:
     """The last step recorded in ``results.jsonl`` (that of ``model.pt``), None without records."""
-    from domainbed.training.atomic_files import read_jsonl
 
     steps = [int(r["step"]) for r in read_jsonl(job / "results.jsonl") if "step" in r and not r.get("averaged")]
     return max(steps) if steps else None
