@@ -21,6 +21,11 @@ def load_report_module():
 def test_map_regenerates_from_the_committed_records(tmp_path):
     load_report_module().main(["--out", str(tmp_path)])
     assert (tmp_path / "map.md").read_text() == (V3 / "map.md").read_text()
+    # the summary table in docs/evidence/README.md is the same generation's
+    readme = (V3.parent / "README.md").read_text()
+    report = load_report_module()
+    block = readme[readme.index(report.SUMMARY_START):readme.index(report.SUMMARY_END) + len(report.SUMMARY_END)]
+    assert (tmp_path / "summary.md").read_text() == block + "\n"
     assert (tmp_path / "regime_map.png").stat().st_size > 0
 
 
