@@ -52,7 +52,13 @@ def test_resources_resolve_from_a_built_wheel(tmp_path: Path) -> None:
         names = zf.namelist()
     assert "domainbed/resources/sweeps/offline_demo.json" in names
     assert "domainbed/resources/notebooks/per_domain_accuracy.ipynb" in names
+    assert "domainbed/results/tables/published.json" in names  # the "(reported)" rows' data
     env = {**os.environ, "PYTHONPATH": str(site)}
+    reported = subprocess.run(
+        [sys.executable, "-c", "from domainbed.results.tables import reference as r; print(r.__file__, len(r.REFERENCE_RESULTS))"],
+        check=True, cwd=tmp_path, env=env, capture_output=True, text=True,
+    ).stdout.split()
+    assert Path(reported[0]).is_relative_to(site) and reported[1] == "5"
     probe = subprocess.run([sys.executable, "-c", PROBE], check=True, cwd=tmp_path, env=env, capture_output=True, text=True)
     found = json.loads(probe.stdout)
     assert Path(found["package"]).is_relative_to(site)  # the wheel's package, not the checkout's
