@@ -148,7 +148,6 @@ class JobDrift:
 def read_job(job: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(args, model)`` of a finished job folder: its ``args.json`` and its ``model.pt``
     (the last step's weights, loaded with ``weights_only``)."""
-
     model_path = job / FINAL_MODEL
     if not model_path.is_file():
         raise DriftError(f"{job.name}: no {FINAL_MODEL} (the job ran with --skip_model_save, or its weights were not "
@@ -179,7 +178,6 @@ def build_pair(input_shape: tuple[int, ...], hparams: Mapping[str, Any], trained
     (backbone, pretrained weights from the local file, ``freeze_bn``), in eval mode, the
     first holding ``trained_state``. Without pretrained weights the prior is a fresh network
     seeded with ``seed`` (the global random state is left as it was)."""
-
     pretrained = bool(hparams.get("pretrained", False))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -258,7 +256,6 @@ def measure_job(job: str | Path, data_dir: str | None = None, max_images: int | 
     64 otherwise, where it does not change the features and keeps 128-px activations small).
     Raises :class:`DriftError` for a job that cannot be measured.
     """
-
     start = time.perf_counter()
     job = Path(job)
     args, model = read_job(job)
@@ -311,7 +308,6 @@ def measure_job(job: str | Path, data_dir: str | None = None, max_images: int | 
 
 def _last_step(job: Path) -> int | None:
     """The last step recorded in ``results.jsonl`` (that of ``model.pt``), None without records."""
-
     steps = [int(r["step"]) for r in read_jsonl(job / "results.jsonl") if "step" in r and not r.get("averaged")]
     return max(steps) if steps else None
 

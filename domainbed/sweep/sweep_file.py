@@ -1,9 +1,10 @@
 """``--sweep NAME``: find a sweep definition and read it through the script's own flags.
 
-A sweep file is a JSON object whose keys are flag names (``"n_trials": 3``) plus
-``description`` and ``comparisons`` (the paired comparisons its report shows, as
-``[treatment, baseline]`` pairs; :func:`sweep_comparisons`). Each key becomes argv tokens (``--n_trials 3``) and is parsed by a copy of
-the command line's actions, so nargs, types and choices are declared once, in the parser.
+A sweep file is a JSON object whose keys are flag names (``"n_trials": 3``) plus two keys
+of the file only: ``description``, and ``comparisons`` (the paired comparisons its report
+shows, ``[treatment, baseline]`` pairs; :func:`sweep_comparisons`). Each flag key becomes
+argv tokens (``--n_trials 3``) and is parsed by a copy of the command line's actions, so
+nargs, types and choices are declared once, in the parser.
 The copy reads each token as JSON, which keeps the file's types strict: ``"3"`` is a
 string, not an int, and a list is only accepted by a flag that takes several values.
 Errors name the file and the key.

@@ -44,11 +44,12 @@ from domainbed.algorithms.ftlp.prior import frozen_prior, sync_batchnorm_mode
 from domainbed.lib.errors import UserError
 from domainbed.networks import build_featurizer
 
-# Readings of a held-out accuracy ``a`` with chance ``c = 1 / num_classes``, on the scale
-# ``s = (a − c) / (1 − c)`` (0 at chance, 1 when every image is right).
 # whose hparams (defaults, valid keys) the probe reads its overrides against by default:
 # the prior and the layers it regularises are FT-LP's
 DEFAULT_ALGORITHM = "ERM_FTLP"
+
+# Readings of a held-out accuracy ``a`` with chance ``c = 1 / num_classes``, on the scale
+# ``s = (a − c) / (1 − c)`` (0 at chance, 1 when every image is right).
 LITTLE_INFORMATION = 0.1  # s below this: near chance (10 classes: a < 19 %)
 MUCH_INFORMATION = 0.5  # s at or above this: most of the way to perfect (10 classes: a >= 55 %)
 ZERO_TOL = 1e-6  # |activation| at or below this counts as zero
