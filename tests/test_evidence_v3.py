@@ -42,6 +42,24 @@ def test_training_hours_weigh_each_records_step_time_by_the_steps_since_the_prev
     assert load_report_module().training_hours(records.drop(columns="step_time")) == 0.0
 
 
+def test_lambda_choice_looks_at_validation_on_shared_trials_only():
+    import pandas as pd
+    rows = [  # (arm, trial, val, test): the default ran two trials, the λ arms one
+        ("ERM_FTLP", 0, 0.90, 0.80), ("ERM_FTLP", 1, 0.99, 0.99),
+        ("ERM_FTLP[λ=0.01]", 0, 0.95, 0.70), ("ERM_FTLP[λ=1.0]", 0, 0.93, 0.95),
+        ("ERM", 0, 0.99, 0.99),  # not a λ arm: never picked
+    ]
+    selected = pd.DataFrame([{"dataset": "D 64px", "algorithm": a, "trial_seed": t, "val_acc": v, "test_acc": x}
+                             for a, t, v, x in rows])
+    [line, blank] = load_report_module().lambda_choice_lines(selected)
+    # trial 1 (the default's best) is left out; the highest validation wins although its test is lowest
+    assert "on the 1 trial(s) every λ ran" in line and "picks **ERM_FTLP[λ=0.01]**" in line
+    assert "ERM_FTLP 90.0, ERM_FTLP[λ=0.01] 95.0, ERM_FTLP[λ=1.0] 93.0" in line
+    assert line.endswith("its test accuracy there is 70.0 %.") and blank == ""
+    assert load_report_module().lambda_choice_lines(selected[selected["algorithm"] != "ERM_FTLP[λ=0.01]"])[0].count(
+        "picks **ERM_FTLP[λ=1.0]**") == 1
+
+
 def test_probe_figures_quoted_in_the_readme_are_the_probe_files():
     readme = (V3 / "README.md").read_text()
     report = load_report_module()
