@@ -17,7 +17,9 @@ import torch
 import fixtures_records
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two threads on the 2-core CI machine; fewer when OMP_NUM_THREADS asks (the suite run beside
+# training jobs: more threads than free cores spin against each other and run several times slower).
+torch.set_num_threads(min(2, os.cpu_count() or 1, int(os.environ.get("OMP_NUM_THREADS") or 2)))
 
 
 @pytest.fixture
