@@ -19,7 +19,8 @@ import fixtures_records
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Two threads on the 2-core CI machine; fewer when OMP_NUM_THREADS asks (the suite run beside
 # training jobs: more threads than free cores spin against each other and run several times slower).
-torch.set_num_threads(min(2, os.cpu_count() or 1, int(os.environ.get("OMP_NUM_THREADS") or 2)))
+_omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+torch.set_num_threads(min(2, os.cpu_count() or 1, int(_omp) if _omp.isdigit() and int(_omp) > 0 else 2))
 
 
 @pytest.fixture
