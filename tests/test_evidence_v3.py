@@ -27,6 +27,7 @@ def test_map_regenerates_from_the_committed_records(tmp_path):
     block = readme[readme.index(report.SUMMARY_START):readme.index(report.SUMMARY_END) + len(report.SUMMARY_END)]
     assert (tmp_path / "summary.md").read_text() == block + "\n"
     assert (tmp_path / "regime_map.png").stat().st_size > 0
+    assert (tmp_path / "map_curves.png").stat().st_size > 0
 
 
 def test_training_hours_weigh_each_records_step_time_by_the_steps_since_the_previous():

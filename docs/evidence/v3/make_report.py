@@ -17,7 +17,8 @@ Writes into ``--out`` (default docs/evidence/v3): ``map.md`` (per cell: the prob
 accuracy, each arm's test accuracy, each comparison's paired gain with its 95 % interval,
 n and reading, under training-domain validation and the oracle; the MIRO scale table; the
 compute), ``regime_map.png`` (gain against the probe's accuracy, one point per cell with
-its interval) and ``pilot_curves.png``; and the summary table between the markers of
+its interval), ``map_curves.png`` (each arm's training-domain validation against steps, per
+cell) and ``pilot_curves.png``; and the summary table between the markers of
 ``docs/evidence/README.md`` (with another ``--out``: ``summary.md`` there instead).
 
 A *cell* is (dataset, image size); an *arm* is an algorithm with the hparams that make it a
@@ -379,6 +380,38 @@ def plot_pilot(out: Path) -> None:
     plt.close(fig)
 
 
+def plot_map_curves(records: pd.DataFrame, out: Path) -> None:
+    """Every v3 cell's arms: training-domain validation accuracy against steps, mean over the
+    trials run (thin lines: each trial), to show where each arm's validation plateaus; the
+    pilot showed it for ERM only."""
+    own = records[records["source"] == "v3"]
+    cells = sorted(set(own["dataset"]), key=lambda c: (c.split()[0], int(c.split()[1][:-2])))
+    cells = [c for c in cells if int(c.split()[1][:-2]) > 32]  # the 32 px cells are v2's
+    if not cells:
+        return
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.8), squeeze=False)
+    for ax, cell in zip(axes[0], cells):
+        part = own[own["dataset"] == cell]
+        test = TEST_ENV[cell.split()[0]]
+        train = [i for i in range(10) if i != test and f"env{i}_out_acc" in part and part[f"env{i}_out_acc"].notna().any()]
+        part = part.assign(val=100 * part[[f"env{i}_out_acc" for i in train]].mean(axis=1))
+        for k, (arm, runs) in enumerate(sorted(part.groupby("algorithm"), key=lambda t: t[0])):
+            color = f"C{k}"
+            for _, run in runs.groupby("output_dir"):
+                run = run.sort_values("step")
+                ax.plot(run["step"], run["val"], color=color, lw=0.6, alpha=0.4)
+            mean = runs.groupby("step")["val"].mean()
+            ax.plot(mean.index, mean.to_numpy(), color=color, lw=1.8, label=f"{arm} (n={runs['output_dir'].nunique()})")
+        ax.set_title(cell, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=6, loc="lower right")
+    axes[0][0].set_ylabel("training-domain validation (%)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=HERE)
@@ -391,6 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     gains, arms, choices = gains_table(records)
     (args.out / "map.md").write_text(markdown(gains, arms, records, choices))
     plot_map(gains, args.out / "regime_map.png")
+    plot_map_curves(records, args.out / "map_curves.png")
     block = summary_block(gains, records)
     if args.out.resolve() == HERE:
         EVIDENCE_README.write_text(replace_block(EVIDENCE_README.read_text(), block))
@@ -398,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     else:  # elsewhere (a test): the block goes to a file beside the map
         where = args.out / "summary.md"
         where.write_text(block + "\n")
-    print(f"wrote {args.out / 'map.md'}, regime_map.png, pilot_curves.png; the summary into {where}")
+    print(f"wrote {args.out / 'map.md'}, regime_map.png, map_curves.png, pilot_curves.png; the summary into {where}")
 
 
 if __name__ == "__main__":
