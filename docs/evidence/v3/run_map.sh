@@ -14,8 +14,8 @@
 # job on this 2-core machine, two jobs at a time: 64 px 4-8 min, 128 px ERM 13 min and
 # ERM_FTLP ~25 min. So arms are cut before trials:
 # - core arms: ERM, ERM_FTLP and the shuffled-prior control, at 64 px (both datasets, ~35
-#   CPU-min per trial) for TRIALS trials and at 128 px (~65 CPU-min per trial) for the first
-#   TRIALS_128: the 64 px cells are cheaper and OfflineDigits' paired spread is the larger
+#   CPU-min per trial) for TRIALS trials (default 7) and at 128 px (~65 CPU-min per trial) for the first
+#   TRIALS_128 (default 3): the 64 px cells are cheaper and OfflineDigits' paired spread is the larger
 #   (two trials: 3 points against 1 on RotatedMNISTSubset), so they get more trials;
 # - secondary arms, the first SECONDARY_TRIALS trials: MIRO with miro_var_init=prior (64 and
 #   32 px) and MIRO as published (64 px; it loses 11-20 points wherever it ran, v2's n = 16-20);
@@ -33,7 +33,7 @@ set -uo pipefail  # not -e: one failed job must not stop the rest (rerun the scr
 cd "$(dirname "$0")/../../.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-docs/evidence/v3/records}
-TRIALS=${1:-8}
+TRIALS=${1:-7}
 export OMP_NUM_THREADS=1
 launch() {  # output trials dataset test_env steps checkpoint_freq hparams algorithms...
   local out=$1 trials=$2 dataset=$3 env=$4 steps=$5 freq=$6 hparams=$7
@@ -44,7 +44,7 @@ launch() {  # output trials dataset test_env steps checkpoint_freq hparams algor
       --command_launcher local --skip_confirmation --no_progress
 }
 FROZEN='"freeze_bn": true, "lr": 0.0003'
-TRIALS_128=${TRIALS_128:-4}
+TRIALS_128=${TRIALS_128:-3}
 SECONDARY_TRIALS=${SECONDARY_TRIALS:-3}
 LAMBDA_TRIALS=${LAMBDA_TRIALS:-2}
 CELLS64=("RotatedMNISTSubset 5" "OfflineDigits 1")
