@@ -214,7 +214,8 @@ def lambda_choice_lines(selected: pd.DataFrame) -> list[str]:
 def summary_block(gains: pd.DataFrame, records: pd.DataFrame) -> str:
     """The map in one table for docs/evidence/README.md: per cell, the probe's accuracy and the
     main paired gains under training-domain validation, each with its SE and n; a gain whose SE
-    is above SE_TARGET is shown in brackets (no reading)."""
+    is above SE_TARGET, or that rests on fewer than MIN_TRIALS trials, is shown in brackets
+    (no reading)."""
     part = gains[gains["selection"] == "training_domain"].set_index(["dataset", "comparison"])
     own = records[records["source"] == "v3"]
     lines = [SUMMARY_START, "",
