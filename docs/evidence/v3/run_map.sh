@@ -18,7 +18,7 @@
 #   TRIALS_128 (default 3): the 64 px cells are cheaper and OfflineDigits' paired spread is the larger
 #   (two trials: 3 points against 1 on RotatedMNISTSubset), so they get more trials;
 # - secondary arms, the first SECONDARY_TRIALS trials: MIRO with miro_var_init=prior (64 and
-#   32 px) and MIRO as published (64 px; it loses 11-20 points wherever it ran, v2's n = 16-20);
+#   32 px) and MIRO as published (64 px; at 32 px it loses 11-15 points, v2's n = 16-20);
 # - the lambda curve at 128 px (ERM_FTLP at a tenth and ten times the default ftlp_lambda),
 #   the first LAMBDA_TRIALS trials.
 #
