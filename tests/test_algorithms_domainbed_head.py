@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_algorithms import make
+from fixtures_training import killed_before_checkpoint
 
 from domainbed import hparams_registry
-from domainbed.algorithms import get_algorithm_class
 from domainbed.algorithms import urm as urm_module
 from domainbed.algorithms.adrmx import remix_pairs, supcon_lambda_loss
 from domainbed.algorithms.ermplusplus import ERMPlusPlus
@@ -24,13 +25,6 @@ from domainbed.scripts import train
 from domainbed.training.atomic_files import read_jsonl
 
 NEWER = ["ERMPlusPlus", "URM", "RDM", "Transfer", "ADRMX"]
-
-
-def make(name, data, seed=0, **overrides):
-    torch.manual_seed(seed)
-    h = hparams_registry.default_hparams(name, "Debug28")
-    h.update({"batch_size": 8, **overrides})
-    return get_algorithm_class(name)(data.input_shape, data.num_classes, 2, h).setup("cpu")
 
 
 def batches(data, offset=0, n=8):
@@ -362,17 +356,8 @@ def test_trains_from_the_command_line_and_resumes_like_an_uninterrupted_run(tmp_
     hparams = RESUME_HPARAMS[name]
     ref = read_jsonl(run(tmp_path, name, "ref", hparams) / "results.jsonl")
     assert [r["step"] for r in ref] == [0, 2, 4, 6] and all(math.isfinite(r["loss"]) for r in ref)
-    real_save = train.Trainer._save_checkpoint
-
-    def crash(self, step):
-        if step == 4:
-            raise KeyboardInterrupt("simulated kill")
-        real_save(self, step)
-
-    monkeypatch.setattr(train.Trainer, "_save_checkpoint", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_before_checkpoint(4), pytest.raises(KeyboardInterrupt):
         run(tmp_path, name, "crash", hparams)
-    monkeypatch.setattr(train.Trainer, "_save_checkpoint", real_save)
     out = run(tmp_path, name, "crash", hparams)
     assert "Resuming from step 3" in (out / "out.txt").read_text()
     assert comparable(read_jsonl(out / "results.jsonl")) == comparable(ref)

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_algorithms import make
 from scipy import optimize, stats
 
-from domainbed import hparams_registry
-from domainbed.algorithms import get_algorithm_class
 from domainbed.algorithms._support import restart_optimizer
 from domainbed.algorithms.andmask import and_mask, sand_mask
 from domainbed.algorithms.cad import cad_bottleneck_loss
@@ -34,13 +33,6 @@ from domainbed.algorithms.penalties import coral_penalty
 from domainbed.algorithms.sd import spectral_decoupling_penalty
 from domainbed.algorithms.selfreg import in_class_partners, selfreg_regularizer
 from domainbed.algorithms.trm import neumann_inverse_hvp
-
-
-def make(name, data, seed=0, **overrides):
-    torch.manual_seed(seed)
-    h = hparams_registry.default_hparams(name, "Debug28")
-    h.update({"batch_size": 8, **overrides})
-    return get_algorithm_class(name)(data.input_shape, data.num_classes, 2, h).setup("cpu")
 
 
 def batches(data, offset=0, n=8):

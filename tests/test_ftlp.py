@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures_algorithms import make
 
 from domainbed import hparams_registry
 from domainbed.algorithms import get_algorithm_class
 from domainbed.algorithms.ftlp import FTLPConfig, PriorKL
-
-
-def make(name, data, **overrides):
-    torch.manual_seed(0)
-    h = hparams_registry.default_hparams(name, "Debug28")
-    h.update({"batch_size": 8, **overrides})
-    return get_algorithm_class(name)(data.input_shape, data.num_classes, 2, h).setup("cpu")
 
 
 def batches(data, n=8):

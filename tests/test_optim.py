@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_training import killed_before_checkpoint
 
 from domainbed import hparams_registry
 from domainbed.algorithms import algorithm_names, get_algorithm_class
@@ -201,21 +202,13 @@ def run(tmp_path: Path, name: str) -> Path:
 
 
 @pytest.mark.slow
-def test_run_interrupted_mid_warmup_resumes_like_the_uninterrupted_one(tmp_path, monkeypatch):
+def test_run_interrupted_mid_warmup_resumes_like_the_uninterrupted_one(tmp_path):
     ref = read_jsonl(run(tmp_path, "ref") / "results.jsonl")
-    real_save = train.Trainer._save_checkpoint
-
-    def crash(self, step):  # the checkpoint of step 2 is saved, the run dies at step 4 (warm-up: steps 0-4)
-        if step == 4:
-            raise KeyboardInterrupt("simulated kill")
-        real_save(self, step)
-
-    monkeypatch.setattr(train.Trainer, "_save_checkpoint", crash)
-    with pytest.raises(KeyboardInterrupt):
+    # the checkpoint of step 2 is saved, the run dies at step 4 (warm-up: steps 0-4)
+    with killed_before_checkpoint(4), pytest.raises(KeyboardInterrupt):
         run(tmp_path, "crash")
     ckpt = load_verified(tmp_path / "crash" / "checkpoint.pt")
     assert ckpt["lr_schedule"] == {"kind": "warmup_cosine", "total_steps": 9, "warmup_steps": 5, "step": 2}
-    monkeypatch.setattr(train.Trainer, "_save_checkpoint", real_save)
     run(tmp_path, "crash")
     resumed = read_jsonl(tmp_path / "crash" / "results.jsonl")
     assert "Resuming from step 3" in (tmp_path / "crash" / "out.txt").read_text()

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from fixtures_training import killed_before_checkpoint
 
 from domainbed.algorithms import algorithm_names
 from domainbed.lib.errors import UserError
@@ -72,25 +73,16 @@ def test_tensorboard_has_every_loss_and_accuracy(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     ref = read_jsonl(run(tmp_path, "ref") / "results.jsonl")
 
     # Crash right after the record of step 4 is written but before its checkpoint is saved:
     # the worst moment, since the record must not be duplicated on resume.
-    real_save = train.Trainer._save_checkpoint
-
-    def crash(self, step):
-        if step == 4:
-            raise KeyboardInterrupt("simulated kill")
-        real_save(self, step)
-
-    monkeypatch.setattr(train.Trainer, "_save_checkpoint", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_before_checkpoint(4), pytest.raises(KeyboardInterrupt):
         run(tmp_path, "crash")
     out = tmp_path / "crash"
     assert not (out / "done").exists()
     assert [r["step"] for r in read_jsonl(out / "results.jsonl")] == [0, 2, 4]
-    monkeypatch.setattr(train.Trainer, "_save_checkpoint", real_save)
     run(tmp_path, "crash")
     resumed = read_jsonl(out / "results.jsonl")
     assert [r["step"] for r in resumed] == [0, 2, 4, 6]
