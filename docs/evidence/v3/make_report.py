@@ -74,8 +74,10 @@ COMPARISONS = (
     ("ERM_FTLP", "MIRO[var=prior]"),
     ("ERM_FTLP[λ=0.01]", "ERM"),
     ("ERM_FTLP[λ=1.0]", "ERM"),
+    ("ERM_FTLP[800 steps]", "ERM[800 steps]"),
 )
 SELECTIONS = ("training_domain", "oracle")
+MAP_STEPS = 400  # the 64 and 128 px cells' steps; a job with more is the plateau check (run_map.sh)
 MIRO_PUBLISHED_VAR = 0.1
 SE_TARGET = 1.0  # points: a cell's paired gain gets a reading only at this SE or below
 MIN_TRIALS = 3  # ... and from this many paired trials on (two trials' SE is itself too noisy to trust)
@@ -93,6 +95,9 @@ def arm_name(row: pd.Series) -> str:
         name += "[var=prior]"
     if "ftlp_lambda" in fixed:
         name += f"[λ={fixed['ftlp_lambda']}]"
+    steps = int(row["args"].get("steps") or 0)
+    if int(fixed.get("image_size", 0)) > 32 and steps > MAP_STEPS:
+        name += f"[{steps} steps]"
     return name
 
 

@@ -20,15 +20,18 @@
 # - secondary arms, the first SECONDARY_TRIALS trials: MIRO with miro_var_init=prior (64 and
 #   32 px) and MIRO as published (64 px; at 32 px it loses 11-15 points, v2's n = 16-20);
 # - the lambda curve at 128 px (ERM_FTLP at a tenth and ten times the default ftlp_lambda),
-#   the first LAMBDA_TRIALS trials.
+#   the first LAMBDA_TRIALS trials;
+# - the plateau check, the first PLATEAU_TRIALS trials: ERM and ERM_FTLP on OfflineDigits at
+#   64 px for 800 steps, because there ERM_FTLP's validation still rose at step 400 in the
+#   first two trials (88 -> 95 %) while ERM's had levelled (~50 CPU-min for two trials).
 #
 # Trial-major: every cell's trial t runs before any trial t+1, so the map fills evenly and
 # any stop leaves paired trials. Resumable: rerun to continue (interrupted jobs resume from
 # their checkpoints); two copies of this script share the jobs (two jobs at a time, one
 # thread each). Run it from a worktree pinned at a commit (OUT=<main checkout>/docs/evidence/v3/records),
 # so that editing the main checkout cannot break a job's start-up.
-# Usage: bash docs/evidence/v3/run_map.sh [TRIALS]   (TRIALS_128, SECONDARY_TRIALS, LAMBDA_TRIALS
-# from the environment)
+# Usage: bash docs/evidence/v3/run_map.sh [TRIALS]   (TRIALS_128, SECONDARY_TRIALS, LAMBDA_TRIALS,
+# PLATEAU_TRIALS from the environment)
 set -uo pipefail  # not -e: one failed job must not stop the rest (rerun the script to retry it)
 cd "$(dirname "$0")/../../.."
 PY=${PY:-.venv/bin/python}
@@ -47,6 +50,7 @@ FROZEN='"freeze_bn": true, "lr": 0.0003'
 TRIALS_128=${TRIALS_128:-3}
 SECONDARY_TRIALS=${SECONDARY_TRIALS:-3}
 LAMBDA_TRIALS=${LAMBDA_TRIALS:-2}
+PLATEAU_TRIALS=${PLATEAU_TRIALS:-2}
 CELLS64=("RotatedMNISTSubset 5" "OfflineDigits 1")
 for t in $(seq 1 "$TRIALS"); do
   for ds_env in "${CELLS64[@]}"; do
@@ -69,5 +73,8 @@ for t in $(seq 1 "$TRIALS"); do
     for lam in 0.01 1.0; do
       launch "$OUT" "$t" RotatedMNISTSubset 5 400 200 "{\"image_size\": 128, $FROZEN, \"ftlp_lambda\": $lam}" ERM_FTLP
     done
+  fi
+  if [ "$t" -le "$PLATEAU_TRIALS" ]; then
+    launch "$OUT" "$t" OfflineDigits 1 800 100 "{\"image_size\": 64, $FROZEN}" ERM ERM_FTLP
   fi
 done
