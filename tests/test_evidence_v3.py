@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 V3 = REPO / "docs" / "evidence" / "v3"
 
@@ -59,6 +61,24 @@ def test_lambda_choice_looks_at_validation_on_shared_trials_only():
     assert line.endswith("its test accuracy there is 70.0 %.") and blank == ""
     assert load_report_module().lambda_choice_lines(selected[selected["algorithm"] != "ERM_FTLP[λ=0.01]"])[0].count(
         "picks **ERM_FTLP[λ=1.0]**") == 1
+
+
+def test_gain_trend_is_the_weighted_least_squares_slope_over_cells_with_enough_trials():
+    import numpy as np
+    import pandas as pd
+    report = load_report_module()
+    cells = ["OfflineDigits 64px", "RotatedMNISTSubset 32px", "RotatedMNISTSubset 64px", "RotatedMNISTSubset 128px"]
+    gains = pd.DataFrame({"dataset": cells + ["OfflineDigits 32px"], "comparison": "A − B",
+                          "mean": [-1.0, 2.0, 3.5, 1.0, 50.0], "se": [2.0, 0.5, 1.0, 0.4, 0.1],
+                          "n": [5, 16, 4, 3, 2], "selection": "training_domain"})
+    probe = [report.probe_accuracy(c.split()[0], int(c.split()[1][:-2])) for c in cells]
+    # numpy's weighted polyfit with unscaled covariance is the known-variance fit; the n = 2 cell is left out
+    coef, cov = np.polyfit(probe, gains["mean"][:4], 1, w=1 / gains["se"][:4], cov="unscaled")
+    trend = report.gain_trend(gains, "A − B")
+    assert trend["cells"] == 4
+    assert trend["slope"] == pytest.approx(10 * coef[0]) and trend["se"] == pytest.approx(10 * np.sqrt(cov[0, 0]))
+    assert report.gain_trend(gains.iloc[2:], "A − B") is None  # two cells with n >= 3: no line
+    assert report.gain_trend(gains, "A − B", selection="oracle") is None
 
 
 def test_probe_figures_quoted_in_the_readme_are_the_probe_files():

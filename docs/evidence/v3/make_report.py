@@ -183,6 +183,8 @@ def markdown(gains: pd.DataFrame, arms: pd.DataFrame, records: pd.DataFrame, cho
         lines.append("")
         if rule == "training_domain":
             lines += choices
+            trends = trend_lines(gains)
+            lines += trends + [""] if trends else []
     lines += drift_lines(records)
     lines += miro_scale_lines()
     own = records[records["source"] == "v3"]
@@ -216,6 +218,37 @@ def lambda_choice_lines(selected: pd.DataFrame) -> list[str]:
     return lines
 
 
+def gain_trend(gains: pd.DataFrame, comparison: str, selection: str = "training_domain") -> dict | None:
+    """The straight line of a comparison's paired gain against the probe's accuracy across
+    cells, weighted by 1/SE² (weighted least squares with the SEs taken as known), over the
+    cells with at least MIN_TRIALS paired trials: the issue's question ("does the gain grow
+    with the prior's information?") in one number, the slope in points of gain per 10 points
+    of probe accuracy, with its SE. Descriptive only: the cells differ in more than the prior
+    (resolution, BatchNorm mode, steps). None with fewer than three such cells."""
+    part = gains[(gains["selection"] == selection) & (gains["comparison"] == comparison)
+                 & (gains["n"] >= MIN_TRIALS) & (gains["se"] > 0)]
+    if len(part) < 3:
+        return None
+    x = pd.Series([probe_accuracy(c.split()[0], int(c.split()[1][:-2])) for c in part["dataset"]], index=part.index)
+    w = 1.0 / part["se"] ** 2
+    xbar, ybar = (w * x).sum() / w.sum(), (w * part["mean"]).sum() / w.sum()
+    sxx = (w * (x - xbar) ** 2).sum()
+    slope = (w * (x - xbar) * (part["mean"] - ybar)).sum() / sxx
+    return {"slope": 10 * slope, "se": 10 / math.sqrt(sxx), "cells": len(part)}
+
+
+def trend_lines(gains: pd.DataFrame) -> list[str]:
+    """One sentence per summary comparison with :func:`gain_trend`'s slope."""
+    lines = []
+    for treatment, baseline in SUMMARY_COLUMNS[:2]:
+        t = gain_trend(gains, f"{treatment} − {baseline}")
+        if t is not None:
+            lines.append(f"* Trend of {treatment} − {baseline} with the probe's accuracy: {t['slope']:+.2f} ± "
+                         f"{t['se']:.2f} points of gain per 10 probe points (line weighted by 1/SE² over the "
+                         f"{t['cells']} cells with n ≥ {MIN_TRIALS}; descriptive: the cells differ in more than the prior).")
+    return lines
+
+
 def summary_block(gains: pd.DataFrame, records: pd.DataFrame) -> str:
     """The map in one table for docs/evidence/README.md: per cell, the probe's accuracy and the
     main paired gains under training-domain validation, each with its SE and n; a gain whose SE
@@ -245,7 +278,8 @@ def summary_block(gains: pd.DataFrame, records: pd.DataFrame) -> str:
             text = f"{g['mean']:+.1f}, n = 1" if n < 2 else f"{format_gain(g['mean'], g['se'], n)}, n = {n}"
             row.append(text if n >= MIN_TRIALS and g["se"] <= SE_TARGET else f"[{text}]")
         lines.append(f"| {cell} | {probe_accuracy(dataset, size):.1f} | " + " | ".join(row) + " |")
-    lines += ["", SUMMARY_END]
+    trends = trend_lines(gains)
+    lines += ([""] + trends if trends else []) + ["", SUMMARY_END]
     return "\n".join(lines)
 
 
