@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -448,19 +449,23 @@ def plot_map_curves(records: pd.DataFrame, out: Path) -> None:
     cells = [c for c in cells if int(c.split()[1][:-2]) > 32]  # the 32 px cells are v2's
     if not cells:
         return
+    # one colour per arm in every panel; a longer run of an arm (the plateau check) is its arm's colour, dashed
+    base = {arm: re.sub(r"\[\d+ steps\]", "", arm) for arm in set(own["algorithm"])}
+    colors = {arm: f"C{k}" for k, arm in enumerate(sorted(set(base.values())))}
     fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.8), squeeze=False)
     for ax, cell in zip(axes[0], cells):
         part = own[own["dataset"] == cell]
         test = TEST_ENV[cell.split()[0]]
         train = [i for i in range(10) if i != test and f"env{i}_out_acc" in part and part[f"env{i}_out_acc"].notna().any()]
         part = part.assign(val=100 * part[[f"env{i}_out_acc" for i in train]].mean(axis=1))
-        for k, (arm, runs) in enumerate(sorted(part.groupby("algorithm"), key=lambda t: t[0])):
-            color = f"C{k}"
+        for arm, runs in sorted(part.groupby("algorithm"), key=lambda t: t[0]):
+            color, style = colors[base[arm]], "-" if base[arm] == arm else "--"
             for _, run in runs.groupby("output_dir"):
                 run = run.sort_values("step")
-                ax.plot(run["step"], run["val"], color=color, lw=0.6, alpha=0.4)
+                ax.plot(run["step"], run["val"], style, color=color, lw=0.6, alpha=0.4)
             mean = runs.groupby("step")["val"].mean()
-            ax.plot(mean.index, mean.to_numpy(), color=color, lw=1.8, label=f"{arm} (n={runs['output_dir'].nunique()})")
+            ax.plot(mean.index, mean.to_numpy(), style, color=color, lw=1.8,
+                    label=f"{arm} (n={runs['output_dir'].nunique()})")
         ax.set_title(cell, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylim(0, 100)
