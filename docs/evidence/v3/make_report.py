@@ -17,8 +17,8 @@ Writes into ``--out`` (default docs/evidence/v3): ``map.md`` (per cell: the prob
 accuracy, each arm's test accuracy, each comparison's paired gain with its 95 % interval,
 n and reading, under training-domain validation and the oracle; the MIRO scale table; the
 compute), ``regime_map.png`` (gain against the probe's accuracy, one point per cell with
-its interval, and the weighted trend line), ``map_curves.png`` (each arm's training-domain validation against steps, per
-cell) and ``pilot_curves.png``; and the summary table between the markers of
+its interval, and the weighted trend line), ``map_curves.png`` (each arm's training-domain
+validation against steps, per cell) and ``pilot_curves.png``; and the summary table between the markers of
 ``docs/evidence/README.md`` (with another ``--out``: ``summary.md`` there instead).
 
 A *cell* is (dataset, image size); an *arm* is an algorithm with the hparams that make it a
@@ -223,7 +223,7 @@ def lambda_choice_lines(selected: pd.DataFrame) -> list[str]:
 def gain_trend(gains: pd.DataFrame, comparison: str, selection: str = "training_domain") -> dict | None:
     """The straight line of a comparison's paired gain against the probe's accuracy across
     cells, weighted by 1/SE² (weighted least squares with the SEs taken as known), over the
-    cells with at least MIN_TRIALS paired trials: the issue's question ("does the gain grow
+    cells with at least MIN_TRIALS paired trials: the map's question ("does the gain grow
     with the prior's information?") in one number, the slope in points of gain per 10 points
     of probe accuracy, with its SE; the line passes through ``at_mean`` (the weighted means of
     probe and gain) and spans ``probe_range``. Descriptive only: the cells differ in more than
