@@ -71,7 +71,7 @@ def test_gain_trend_is_the_weighted_least_squares_slope_over_cells_with_enough_t
     gains = pd.DataFrame({"dataset": cells + ["OfflineDigits 32px"], "comparison": "A − B",
                           "mean": [-1.0, 2.0, 3.5, 1.0, 50.0], "se": [2.0, 0.5, 1.0, 0.4, 0.1],
                           "n": [5, 16, 4, 3, 2], "selection": "training_domain"})
-    probe = [report.probe_accuracy(c.split()[0], int(c.split()[1][:-2])) for c in cells]
+    probe = [report.probe_accuracy(*report.parse_cell(c)) for c in cells]
     # numpy's weighted polyfit with unscaled covariance is the known-variance fit; the n = 2 cell is left out
     coef, cov = np.polyfit(probe, gains["mean"][:4], 1, w=1 / gains["se"][:4], cov="unscaled")
     trend = report.gain_trend(gains, "A − B")

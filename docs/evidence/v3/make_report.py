@@ -98,13 +98,20 @@ def arm_name(row: pd.Series) -> str:
     if "ftlp_lambda" in fixed:
         name += f"[λ={fixed['ftlp_lambda']}]"
     steps = int(row["args"].get("steps") or 0)
-    if int(fixed.get("image_size", 0)) > 32 and steps > MAP_STEPS:
+    if steps > MAP_STEPS:  # v2's 32 px records ran 300
         name += f"[{steps} steps]"
     return name
 
 
 def cell_name(dataset: str, size: int) -> str:
     return f"{dataset} {size}px"
+
+
+def parse_cell(cell: str) -> tuple[str, int]:
+    """The inverse of :func:`cell_name`: ``"RotatedMNISTSubset 64px"`` -> ``("RotatedMNISTSubset", 64)``;
+    also the cells' sort key (dataset, then size)."""
+    dataset, size = cell.split()
+    return dataset, int(size[:-2])
 
 
 def load_cells() -> pd.DataFrame:
@@ -144,7 +151,7 @@ def gains_table(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list
     """Paired gains and arm accuracies of every cell under both selection rules, and the λ
     choices that training-domain validation makes (:func:`lambda_choice_lines`)."""
     prepared = prepare_records(records)
-    domains = {cell: [TEST_ENV[cell.split()[0]]] for cell in sorted(set(records["dataset"]))}
+    domains = {cell: [TEST_ENV[parse_cell(cell)[0]]] for cell in sorted(set(records["dataset"]))}
     gains, arms = [], []
     for rule in SELECTIONS:
         selected = get_selection_method(rule).select(prepared)
@@ -171,7 +178,7 @@ def markdown(gains: pd.DataFrame, arms: pd.DataFrame, records: pd.DataFrame, cho
                   "| cell | probe % | comparison | gain | 95 % interval | n | reading |", "|---|---|---|---|---|---|---|"]
         part = gains[gains["selection"] == rule]
         for _, g in part.iterrows():
-            dataset, size = g["dataset"].split()[0], int(g["dataset"].split()[1][:-2])
+            dataset, size = parse_cell(g["dataset"])
             low, high = confidence_interval(g["mean"], g["se"], g["n"])
             interval = "–" if math.isnan(low) else f"[{low:+.1f}, {high:+.1f}]"
             lines.append(f"| {g['dataset']} | {probe_accuracy(dataset, size):.1f} | {g['comparison']} | "
@@ -232,7 +239,7 @@ def gain_trend(gains: pd.DataFrame, comparison: str, selection: str = "training_
                  & (gains["n"] >= MIN_TRIALS) & (gains["se"] > 0)]
     if len(part) < 3:
         return None
-    x = pd.Series([probe_accuracy(c.split()[0], int(c.split()[1][:-2])) for c in part["dataset"]], index=part.index)
+    x = pd.Series([probe_accuracy(*parse_cell(c)) for c in part["dataset"]], index=part.index)
     w = 1.0 / part["se"] ** 2
     xbar, ybar = (w * x).sum() / w.sum(), (w * part["mean"]).sum() / w.sum()
     sxx = (w * (x - xbar) ** 2).sum()
@@ -268,9 +275,9 @@ def summary_block(gains: pd.DataFrame, records: pd.DataFrame) -> str:
              "the arms' accuracies: [v3/map.md](v3/map.md).", "",
              "| cell | probe % | " + " | ".join(f"{t} − {b}" for t, b in SUMMARY_COLUMNS) + " |",
              "|---|---:|" + "---:|" * len(SUMMARY_COLUMNS)]
-    cells = sorted(set(part.index.get_level_values(0)), key=lambda c: (c.split()[0], int(c.split()[1][:-2])))
+    cells = sorted(set(part.index.get_level_values(0)), key=parse_cell)
     for cell in cells:
-        dataset, size = cell.split()[0], int(cell.split()[1][:-2])
+        dataset, size = parse_cell(cell)
         row = []
         for treatment, baseline in SUMMARY_COLUMNS:
             key = (cell, f"{treatment} − {baseline}")
@@ -331,7 +338,7 @@ def drift_lines(records: pd.DataFrame) -> list[str]:
              "| cell | arm | CKA | MSD | MSD ÷ prior spread | n |", "|---|---|---|---|---|---|"]
     drift["relative"] = drift["msd"] / drift["prior_spread"]
     order = sorted(drift.groupby(["cell", "arm"]).groups,
-                   key=lambda k: (k[0].split()[0], int(k[0].split()[1][:-2]), k[1]))
+                   key=lambda k: (*parse_cell(k[0]), k[1]))
     for cell, arm in order:
         part = drift[(drift["cell"] == cell) & (drift["arm"] == arm)]
         n = len(part)
@@ -361,8 +368,8 @@ def miro_scale_lines() -> list[str]:
 
 def short_cell(cell: str) -> str:
     """``RotatedMNISTSubset 64px`` -> ``Rot 64``: a label that fits beside a point."""
-    dataset, size = cell.split()
-    return f"{'Rot' if dataset.startswith('Rotated') else 'OD'} {size[:-2]}"
+    dataset, size = parse_cell(cell)
+    return f"{'Rot' if dataset.startswith('Rotated') else 'OD'} {size}"
 
 
 def plot_map(gains: pd.DataFrame, out: Path) -> None:
@@ -380,7 +387,7 @@ def plot_map(gains: pd.DataFrame, out: Path) -> None:
             rows = part[(part["selection"] == rule) & (part["comparison"] == comparison)]
             color = f"C{k}"
             for _, g in rows.iterrows():
-                dataset, size = g["dataset"].split()[0], int(g["dataset"].split()[1][:-2])
+                dataset, size = parse_cell(g["dataset"])
                 low, high = confidence_interval(g["mean"], g["se"], g["n"])
                 x = probe_accuracy(dataset, size) + 0.8 * k
                 filled = g["n"] >= MIN_TRIALS
@@ -445,8 +452,8 @@ def plot_map_curves(records: pd.DataFrame, out: Path) -> None:
     trials run (thin lines: each trial), to show where each arm's validation plateaus; the
     pilot showed it for ERM only."""
     own = records[records["source"] == "v3"]
-    cells = sorted(set(own["dataset"]), key=lambda c: (c.split()[0], int(c.split()[1][:-2])))
-    cells = [c for c in cells if int(c.split()[1][:-2]) > 32]  # the 32 px cells are v2's
+    cells = sorted(set(own["dataset"]), key=parse_cell)
+    cells = [c for c in cells if parse_cell(c)[1] > 32]  # the 32 px cells are v2's
     if not cells:
         return
     # one colour per arm in every panel; a longer run of an arm (the plateau check) is its arm's colour, dashed
@@ -455,7 +462,7 @@ def plot_map_curves(records: pd.DataFrame, out: Path) -> None:
     fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.8), squeeze=False)
     for ax, cell in zip(axes[0], cells):
         part = own[own["dataset"] == cell]
-        test = TEST_ENV[cell.split()[0]]
+        test = TEST_ENV[parse_cell(cell)[0]]
         train = [i for i in range(10) if i != test and f"env{i}_out_acc" in part and part[f"env{i}_out_acc"].notna().any()]
         part = part.assign(val=100 * part[[f"env{i}_out_acc" for i in train]].mean(axis=1))
         for arm, runs in sorted(part.groupby("algorithm"), key=lambda t: t[0]):
